@@ -1,0 +1,1 @@
+"""The Starlette application: ingest, audit, state queries and admin."""

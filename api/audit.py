@@ -1,0 +1,156 @@
+"""The audit API: what was received, exactly, and whether the chain holds."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from api import params
+from api.auth import require
+from api.errors import ApiError
+from ledger import store
+from ledger.db import translated
+from ledger.timefmt import iso_from_us
+from ledger.verify import verify_ledger
+
+MAX_POSITION = 2**63 - 1
+
+
+class OrjsonResponse(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def meta(row: Any) -> dict[str, Any]:
+    """Every column but headers and body, plus body_size and received_at."""
+    doc = {str(k): v for k, v in row._mapping.items() if k not in ("headers", "body")}
+    if "body_size" not in doc:
+        doc["body_size"] = None if row.body is None else len(row.body)
+    doc["received_at"] = iso_from_us(row.received_at_us)
+    return doc
+
+
+def _read(hl, fn, *args, **kwargs):
+    def run():
+        with translated(), hl.engine.connect() as conn:
+            return fn(conn, *args, **kwargs)
+
+    return run_in_threadpool(run)
+
+
+async def list_events(request: Request) -> Response:
+    require(request, "read")
+    params.check_known(request, {"source", "type", "after", "since", "until", "limit"})
+    limit = params.limit(request)
+    rows = await _read(
+        request.app.state.hl,
+        store.list_events,
+        source=request.query_params.get("source") or None,
+        event_type=request.query_params.get("type") or None,
+        after=params.integer(request, "after", 0, 0, MAX_POSITION),
+        since_us=params.instant(request, "since"),
+        until_us=params.instant(request, "until"),
+        limit=limit,
+    )
+    nxt = str(rows[-1].position) if len(rows) == limit else None
+    return OrjsonResponse({"events": [meta(r) for r in rows], "next": nxt})
+
+
+async def get_event(request: Request) -> Response:
+    require(request, "read")
+    position = params.path_int(request, "position")
+    row = await _read(request.app.state.hl, store.get_event, position)
+    if row is None:
+        raise ApiError(404, "not_found", f"no event at position {position}")
+    doc = meta(row)
+    doc["headers"] = orjson.loads(row.headers)
+    if row.body is None:
+        doc["body"] = None
+        doc["body_erased"] = True
+    else:
+        try:
+            doc["body"] = row.body.decode("utf-8")
+        except UnicodeDecodeError:
+            doc["body_base64"] = base64.b64encode(row.body).decode()
+    return OrjsonResponse(doc)
+
+
+async def get_raw(request: Request) -> Response:
+    require(request, "read")
+    position = params.path_int(request, "position")
+    row = await _read(request.app.state.hl, store.get_event, position)
+    if row is None:
+        raise ApiError(404, "not_found", f"no event at position {position}")
+    if row.body is None:
+        raise ApiError(410, "body_erased", f"the body of position {position} was erased")
+    headers = {
+        "content-type": row.content_type or "application/octet-stream",
+        "content-disposition": f'attachment; filename="event-{position}.bin"',
+        "x-content-type-options": "nosniff",
+        "ledger-position": str(position),
+    }
+    return Response(row.body, headers=headers)
+
+
+def _ledger_summary(conn) -> dict[str, Any]:
+    head, head_hash = store.read_head(conn)
+    return {
+        "head": head,
+        "head_hash": head_hash,
+        "count": head,
+        "sources": store.source_counts(conn),
+    }
+
+
+async def ledger(request: Request) -> Response:
+    require(request, "read")
+    return OrjsonResponse(await _read(request.app.state.hl, _ledger_summary))
+
+
+async def verify(request: Request) -> Response:
+    require(request, "read")
+    params.check_known(request, {"from"})
+    start = params.integer(request, "from", 1, 1, MAX_POSITION)
+    result = await run_in_threadpool(verify_ledger, request.app.state.hl.engine, start)
+    return OrjsonResponse(result.as_dict())
+
+
+def rejection_doc(row: Any) -> dict[str, Any]:
+    body: dict[str, Any]
+    try:
+        body = {"body": row.body.decode("utf-8")}
+    except UnicodeDecodeError:
+        body = {"body_base64": base64.b64encode(row.body).decode()}
+    return {
+        "id": row.id,
+        "source": row.source,
+        "reason": row.reason,
+        "detail": row.detail,
+        "received_at": iso_from_us(row.received_at_us),
+        "remote_addr": row.remote_addr,
+        "query": row.query,
+        "headers": orjson.loads(row.headers),
+        "body_size": row.body_size,
+        "body_truncated": row.body_size > len(row.body),
+        **body,
+    }
+
+
+async def list_rejections(request: Request) -> Response:
+    require(request, "read")
+    params.check_known(request, {"source", "cursor", "limit"})
+    limit = params.limit(request)
+    rows = await _read(
+        request.app.state.hl,
+        store.list_rejections,
+        source=request.query_params.get("source") or None,
+        before=params.integer(request, "cursor", None, 1, MAX_POSITION),
+        limit=limit,
+    )
+    nxt = str(rows[-1].id) if len(rows) == limit else None
+    return OrjsonResponse({"rejections": [rejection_doc(r) for r in rows], "next": nxt})

@@ -1,0 +1,57 @@
+"""Query-parameter parsing that answers 400 with a sentence, never 500."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from api.errors import ApiError
+from ledger.timefmt import us_from_iso
+
+MAX_LIMIT = 1000
+
+
+def bad(detail: str) -> ApiError:
+    return ApiError(400, "bad_request", detail)
+
+
+def check_known(request: Request, allowed: set[str]) -> None:
+    """Refuse parameters the route does not know (typos must not silently match all)."""
+    unknown = sorted(set(request.query_params) - allowed)
+    if unknown:
+        raise bad(f"unknown parameter {unknown[0]!r} (expected: {', '.join(sorted(allowed))})")
+
+
+def integer(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() and not (raw.startswith("-") and raw[1:].isdigit()):
+        raise bad(f"{name} must be an integer, got {raw!r}")
+    value = int(raw)
+    if not low <= value <= high:
+        raise bad(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def limit(request: Request, default: int = 100) -> int:
+    value = integer(request, "limit", default, 1, MAX_LIMIT)
+    assert value is not None
+    return value
+
+
+def instant(request: Request, name: str) -> int | None:
+    """An RFC 3339 parameter as microseconds since the epoch."""
+    raw = request.query_params.get(name)
+    if not raw:
+        return None
+    try:
+        return us_from_iso(raw)
+    except (ValueError, OverflowError):
+        raise bad(f"{name} must be an RFC 3339 time such as 2026-11-28T05:00:00Z") from None
+
+
+def path_int(request: Request, name: str) -> int:
+    raw = request.path_params[name]
+    if not raw.isdigit() or len(raw) > 18:
+        raise ApiError(404, "not_found", f"{name} must be a positive integer, got {raw!r}")
+    return int(raw)

@@ -1,0 +1,1 @@
+"""hookledger's log: schema, append, read, hash chain, sources, config and CLI."""

@@ -1,0 +1,235 @@
+"""Configuration: one TOML file, read once, typed and validated.
+
+Every problem is a `ConfigError` whose message names the file, the key and
+what is wrong, so the CLI can print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ledger.errors import ConfigError
+from ledger.verifiers import SCHEMES
+
+DEFAULT_DATABASE_URL = "sqlite:///hookledger.db"
+SCOPES = ("read", "admin")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The `[server]` table."""
+
+    max_body_bytes: int = 1_048_576
+    redact_headers: frozenset[str] = frozenset({"authorization", "cookie"})
+
+
+@dataclass(frozen=True)
+class Token:
+    """One `[[tokens]]` entry; `value` is None when its variable is unset."""
+
+    name: str
+    token_env: str
+    scopes: frozenset[str]
+    value: str | None
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One `[sources.NAME]` table, with its secrets resolved from the environment."""
+
+    name: str
+    verifier: str
+    secret_env: str | None = None
+    secrets: tuple[str, ...] = ()
+    tolerance_seconds: int = 300
+    signature_header: str | None = None
+    event_id: str | None = None
+    event_type: str | None = None
+
+    @property
+    def needs_secret(self) -> bool:
+        return SCHEMES[self.verifier].needs_secret
+
+    @property
+    def configured(self) -> bool:
+        """False when the verifier needs a secret and its variable is unset."""
+        return bool(self.secrets) or not self.needs_secret
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; `path` is None for built-in defaults."""
+
+    path: str | None = None
+    database_url: str = DEFAULT_DATABASE_URL
+    server: ServerConfig = field(default_factory=ServerConfig)
+    tokens: tuple[Token, ...] = ()
+    sources: Mapping[str, SourceConfig] = field(default_factory=dict)
+    projections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def unconfigured_sources(self) -> list[SourceConfig]:
+        """Sources whose secret variable is unset: they answer 503 until it is."""
+        return [s for s in self.sources.values() if not s.configured]
+
+
+def resolve_path(explicit: str | None, env: Mapping[str, str]) -> str | None:
+    """`--config`, else HOOKLEDGER_CONFIG, else ./hookledger.toml when present."""
+    if explicit:
+        return explicit
+    if env.get("HOOKLEDGER_CONFIG"):
+        return env["HOOKLEDGER_CONFIG"]
+    return "hookledger.toml" if Path("hookledger.toml").is_file() else None
+
+
+def load_config(path: str | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the configuration the way the CLI and server do."""
+    env = os.environ if env is None else env
+    path = resolve_path(path, env)
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: file not found") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return _parse(data, path or "<defaults>", env, path)
+
+
+class _Reader:
+    """Typed access to one TOML table that names the key in every error."""
+
+    def __init__(self, file: str, prefix: str, table: Mapping[str, Any], allowed: set[str]):
+        self.file, self.prefix, self.table = file, prefix, table
+        unknown = sorted(set(table) - allowed)
+        if unknown:
+            self.fail(unknown[0], f"unknown key (expected one of: {', '.join(sorted(allowed))})")
+
+    def fail(self, key: str, problem: str) -> None:
+        raise ConfigError(f"{self.file}: {self.prefix}{key}: {problem}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+        if key not in self.table:
+            return default
+        value = self.table[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            names = (
+                kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            )
+            self.fail(key, f"expected {_type_word(names)}, got {type(value).__name__} {value!r}")
+        return value
+
+    def required(self, key: str, kind: type) -> Any:
+        if key not in self.table:
+            self.fail(key, "is required")
+        return self.get(key, kind)
+
+    def strings(self, key: str, default: list[str] | None = None) -> list[str]:
+        value = self.get(key, list, default)
+        if value is None:
+            return []
+        for item in value:
+            if not isinstance(item, str):
+                self.fail(key, f"expected a list of strings, found {item!r}")
+        return value
+
+
+def _type_word(name: str) -> str:
+    return {"str": "a string", "int": "an integer", "list": "a list", "dict": "a table"}.get(
+        name, name
+    )
+
+
+def _parse(data: Mapping[str, Any], file: str, env: Mapping[str, str], path: str | None) -> Config:
+    top = _Reader(file, "", data, {"database_url", "server", "tokens", "sources", "projections"})
+    database_url = env.get("HOOKLEDGER_DATABASE_URL") or top.get(
+        "database_url", str, DEFAULT_DATABASE_URL
+    )
+    if not database_url.startswith(("sqlite", "postgresql")):
+        top.fail("database_url", f"unsupported database {database_url!r} (sqlite or postgresql)")
+
+    srv = _Reader(
+        file, "server.", top.get("server", dict, {}), {"max_body_bytes", "redact_headers"}
+    )
+    max_body = srv.get("max_body_bytes", int, ServerConfig.max_body_bytes)
+    if max_body < 1:
+        srv.fail("max_body_bytes", "must be at least 1")
+    redact = srv.strings("redact_headers", sorted(ServerConfig.redact_headers))
+    server = ServerConfig(max_body, frozenset(h.lower() for h in redact))
+
+    tokens = []
+    for i, raw in enumerate(top.get("tokens", list, [])):
+        if not isinstance(raw, dict):
+            top.fail(f"tokens[{i}]", "expected a table ([[tokens]])")
+        t = _Reader(file, f"tokens[{i}].", raw, {"name", "token_env", "scopes"})
+        token_env = t.required("token_env", str)
+        scopes = t.strings("scopes", ["read"])
+        for s in scopes:
+            if s not in SCOPES:
+                t.fail("scopes", f"unknown scope {s!r} (expected read or admin)")
+        value = env.get(token_env) or None
+        tokens.append(Token(t.get("name", str, token_env), token_env, frozenset(scopes), value))
+
+    sources = {}
+    for name, raw in top.get("sources", dict, {}).items():
+        if not isinstance(raw, dict):
+            top.fail(f"sources.{name}", "expected a table")
+        sources[name] = _source(file, name, raw, env)
+
+    projections = top.get("projections", dict, {})
+    for name, raw in projections.items():
+        if not isinstance(raw, dict):
+            top.fail(f"projections.{name}", "expected a table")
+    return Config(path, database_url, server, tuple(tokens), sources, projections)
+
+
+def _source(file: str, name: str, raw: Mapping[str, Any], env: Mapping[str, str]) -> SourceConfig:
+    allowed = {
+        "verifier",
+        "secret_env",
+        "tolerance_seconds",
+        "signature_header",
+        "event_id",
+        "event_type",
+    }
+    r = _Reader(file, f"sources.{name}.", raw, allowed)
+    if not name or not all(c.isalnum() or c in "-_." for c in name):
+        r.fail("", "source names use letters, digits, '-', '_' and '.' only")
+    verifier = r.required("verifier", str)
+    if verifier not in SCHEMES:
+        r.fail("verifier", f"unknown verifier {verifier!r} (expected one of: {', '.join(SCHEMES)})")
+    scheme = SCHEMES[verifier]
+    secret_env = r.get("secret_env", str)
+    if scheme.needs_secret and not secret_env:
+        r.fail("secret_env", f"is required by verifier {verifier!r}")
+    secrets: tuple[str, ...] = ()
+    if secret_env and env.get(secret_env):
+        secrets = tuple(s.strip() for s in env[secret_env].split(",") if s.strip())
+    tolerance = r.get("tolerance_seconds", int, 300)
+    if tolerance < 0:
+        r.fail("tolerance_seconds", "must not be negative")
+    header = r.get("signature_header", str)
+    if scheme.needs_header and not header:
+        r.fail("signature_header", f"is required by verifier {verifier!r}")
+    for key in ("event_id", "event_type"):
+        spec = r.get(key, str)
+        if spec is not None and not (spec.startswith("header:") or spec.startswith("/")):
+            r.fail(key, f"expected 'header:Name' or a JSON Pointer like '/id', got {spec!r}")
+    return SourceConfig(
+        name=name,
+        verifier=verifier,
+        secret_env=secret_env,
+        secrets=secrets,
+        tolerance_seconds=tolerance,
+        signature_header=header.lower() if header else None,
+        event_id=r.get("event_id", str),
+        event_type=r.get("event_type", str),
+    )

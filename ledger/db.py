@@ -1,0 +1,80 @@
+"""Database engines and the one boundary where driver errors become ours.
+
+SQLite runs in WAL mode with `synchronous=FULL`; writers open their
+transaction with `BEGIN IMMEDIATE` so they queue for the write lock up
+front instead of failing half-way. PostgreSQL URLs use psycopg 3.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
+
+from ledger.errors import NotMigrated, StorageUnavailable
+
+SQLITE_BUSY_MS = 5000
+
+
+def normalize_url(url: str) -> str:
+    """Accept plain `postgresql://` URLs and route them to psycopg 3."""
+    for prefix in ("postgresql://", "postgres://", "postgresql+psycopg2://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def make_engine(url: str, pool_size: int = 5) -> Engine:
+    """An engine configured for the ledger's durability and locking rules."""
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False})
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(url, pool_size=pool_size, max_overflow=10, pool_pre_ping=True)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = "IMMEDIATE" if conn.get_execution_options().get("writer") else "DEFERRED"
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def writer(conn: Connection) -> Connection:
+    """Mark a connection as a writer (SQLite: BEGIN IMMEDIATE)."""
+    return conn.execution_options(writer=True)
+
+
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    """Turn driver failures into StorageUnavailable or NotMigrated."""
+    try:
+        yield
+    except sa_exc.DBAPIError as e:
+        text = str(e.orig).lower() if e.orig is not None else str(e).lower()
+        if "no such table" in text or ("relation" in text and "does not exist" in text):
+            raise NotMigrated("the database has no ledger tables: run `hookledger migrate`") from e
+        if (
+            isinstance(e, sa_exc.OperationalError | sa_exc.InterfaceError)
+            or e.connection_invalidated
+        ):
+            raise StorageUnavailable(f"database unavailable: {_first_line(e.orig or e)}") from e
+        raise
+    except sa_exc.TimeoutError as e:
+        raise StorageUnavailable("database connection pool exhausted") from e
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]

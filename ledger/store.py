@@ -1,0 +1,233 @@
+"""The recorder: the few verbs every backend shares (append, read, head).
+
+Writers call `append_batch` inside a transaction they own (the group-commit
+appender, `import`, the tests); it locks the head row, so positions are
+gap-free and in commit order whatever the number of writers or processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, func, select, update
+
+from ledger import chain
+from ledger.schema import REJECTION_BODY_BYTES, events, ledger_head, rejections
+
+META_COLUMNS = [c for c in events.c if c.name not in ("headers", "body")]
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """A verified delivery waiting for its position."""
+
+    source: str
+    received_at_us: int
+    event_id: str | None
+    event_type: str | None
+    query: str
+    headers: str
+    body: bytes
+    body_sha256: str
+    content_type: str | None
+    remote_addr: str | None
+    verification: str
+    secret_index: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """Where a delivery landed in the log."""
+
+    position: int
+    duplicate_of: int | None
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A delivery refused before the log (bad signature, unconfigured source, ...)."""
+
+    source: str
+    received_at_us: int
+    reason: str
+    detail: str | None
+    remote_addr: str | None
+    query: str
+    headers: str
+    body: bytes
+
+
+def read_head(conn: Connection, lock: bool = False) -> tuple[int, str]:
+    """The last position and its hash (0 and 64 zeros for an empty log)."""
+    query = select(ledger_head.c.position, ledger_head.c.hash).where(ledger_head.c.id == 1)
+    row = conn.execute(query.with_for_update() if lock else query).one()
+    return row.position, row.hash
+
+
+def append_batch(conn: Connection, batch: Sequence[NewEvent]) -> list[Appended]:
+    """Append `batch` in order, chaining each row; the caller commits."""
+    if not batch:
+        return []
+    position, head_hash = read_head(conn, lock=True)
+    previous = bytes.fromhex(head_hash)
+    first_seen = _first_positions(conn, batch)
+    rows: list[dict[str, Any]] = []
+    out: list[Appended] = []
+    for ev in batch:
+        position += 1
+        duplicate_of = None
+        if ev.event_id is not None:
+            key = (ev.source, ev.event_id)
+            duplicate_of = first_seen.setdefault(key, position)
+            if duplicate_of == position:
+                duplicate_of = None
+        previous = chain.link(
+            previous,
+            chain.record(
+                position,
+                ev.received_at_us,
+                ev.source,
+                ev.event_id,
+                ev.event_type,
+                ev.query,
+                ev.headers,
+                bytes.fromhex(ev.body_sha256),
+            ),
+        )
+        digest = previous.hex()
+        rows.append(
+            {
+                "position": position,
+                "source": ev.source,
+                "received_at_us": ev.received_at_us,
+                "event_id": ev.event_id,
+                "event_type": ev.event_type,
+                "query": ev.query,
+                "headers": ev.headers,
+                "body": ev.body,
+                "body_sha256": ev.body_sha256,
+                "content_type": ev.content_type,
+                "remote_addr": ev.remote_addr,
+                "verification": ev.verification,
+                "duplicate_of": duplicate_of,
+                "hash": digest,
+                "secret_index": ev.secret_index,
+            }
+        )
+        out.append(Appended(position, duplicate_of, digest))
+    conn.execute(events.insert(), rows)
+    conn.execute(
+        update(ledger_head).where(ledger_head.c.id == 1).values(position=position, hash=digest)
+    )
+    return out
+
+
+def _first_positions(conn: Connection, batch: Sequence[NewEvent]) -> dict[tuple[str, str], int]:
+    """First positions already in the log for the batch's (source, event id) pairs."""
+    wanted: dict[str, set[str]] = {}
+    for ev in batch:
+        if ev.event_id is not None:
+            wanted.setdefault(ev.source, set()).add(ev.event_id)
+    found: dict[tuple[str, str], int] = {}
+    for source, ids in wanted.items():
+        query = (
+            select(events.c.event_id, func.min(events.c.position))
+            .where(events.c.source == source, events.c.event_id.in_(sorted(ids)))
+            .group_by(events.c.event_id)
+        )
+        for event_id, first in conn.execute(query):
+            found[(source, event_id)] = first
+    return found
+
+
+def insert_rejections(conn: Connection, batch: Sequence[Rejection]) -> None:
+    """Keep refused deliveries (first 64 KiB of the body) outside the log."""
+    if batch:
+        conn.execute(
+            rejections.insert(),
+            [
+                {
+                    "source": r.source,
+                    "received_at_us": r.received_at_us,
+                    "reason": r.reason,
+                    "detail": r.detail,
+                    "remote_addr": r.remote_addr,
+                    "query": r.query,
+                    "headers": r.headers,
+                    "body": r.body[:REJECTION_BODY_BYTES],
+                    "body_size": len(r.body),
+                }
+                for r in batch
+            ],
+        )
+
+
+def event_meta_query():
+    """SELECT of every column but headers and body, plus body_size."""
+    return select(*META_COLUMNS, func.length(events.c.body).label("body_size"))
+
+
+def get_event(conn: Connection, position: int) -> Row | None:
+    """One event with every column, or None."""
+    return conn.execute(select(events).where(events.c.position == position)).first()
+
+
+def list_events(
+    conn: Connection,
+    *,
+    source: str | None = None,
+    event_type: str | None = None,
+    after: int = 0,
+    since_us: int | None = None,
+    until_us: int | None = None,
+    limit: int = 100,
+) -> list[Row]:
+    """Event metadata in position order after `after`, filtered."""
+    query = event_meta_query().where(events.c.position > after)
+    if source is not None:
+        query = query.where(events.c.source == source)
+    if event_type is not None:
+        query = query.where(events.c.event_type == event_type)
+    if since_us is not None:
+        query = query.where(events.c.received_at_us >= since_us)
+    if until_us is not None:
+        query = query.where(events.c.received_at_us < until_us)
+    return list(conn.execute(query.order_by(events.c.position).limit(limit)))
+
+
+def iter_events(
+    engine: Engine, start: int = 1, stop: int | None = None, chunk: int = 2000
+) -> Iterator[Row]:
+    """Every column of every event from `start` to `stop` (inclusive), in short reads."""
+    after = start - 1
+    while True:
+        query = select(events).where(events.c.position > after)
+        if stop is not None:
+            query = query.where(events.c.position <= stop)
+        with engine.connect() as conn:
+            rows = list(conn.execute(query.order_by(events.c.position).limit(chunk)))
+        yield from rows
+        if len(rows) < chunk:
+            return
+        after = rows[-1].position
+
+
+def source_counts(conn: Connection) -> dict[str, int]:
+    """Number of events per source."""
+    query = select(events.c.source, func.count()).group_by(events.c.source)
+    return {source: count for source, count in conn.execute(query)}
+
+
+def list_rejections(
+    conn: Connection, *, source: str | None = None, before: int | None = None, limit: int = 100
+) -> list[Row]:
+    """Rejections, newest first, before the id `before`."""
+    query = select(rejections)
+    if source is not None:
+        query = query.where(rejections.c.source == source)
+    if before is not None:
+        query = query.where(rejections.c.id < before)
+    return list(conn.execute(query.order_by(rejections.c.id.desc()).limit(limit)))

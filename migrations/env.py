@@ -1,0 +1,33 @@
+"""Alembic environment: reuses a connection handed in by `ledger.migrate`, else the URL."""
+
+from alembic import context
+from sqlalchemy import create_engine
+
+from ledger.schema import metadata
+
+config = context.config
+
+
+def run() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _migrate(connection)
+        return
+    engine = create_engine(config.get_main_option("sqlalchemy.url"))
+    with engine.connect() as conn:
+        _migrate(conn)
+    engine.dispose()
+
+
+def _migrate(connection) -> None:
+    context.configure(connection=connection, target_metadata=metadata)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+if context.is_offline_mode():
+    context.configure(url=config.get_main_option("sqlalchemy.url"), target_metadata=metadata)
+    with context.begin_transaction():
+        context.run_migrations()
+else:
+    run()

@@ -1,0 +1,1 @@
+"""Projector engine and projection definitions (built on the ledger)."""

@@ -1,0 +1,42 @@
+"""Small builders shared by tests."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+
+from sqlalchemy import Engine
+
+from ledger.db import writer
+from ledger.store import Appended, NewEvent, append_batch
+
+_clock = itertools.count(1_700_000_000_000_000, 1000)
+
+
+def new_event(
+    body: bytes = b"{}",
+    source: str = "app",
+    event_id: str | None = None,
+    event_type: str | None = None,
+    headers: str = '[["content-type","application/json"]]',
+    query: str = "",
+) -> NewEvent:
+    return NewEvent(
+        source=source,
+        received_at_us=next(_clock),
+        event_id=event_id,
+        event_type=event_type,
+        query=query,
+        headers=headers,
+        body=body,
+        body_sha256=hashlib.sha256(body).hexdigest(),
+        content_type="application/json",
+        remote_addr="127.0.0.1",
+        verification="verified",
+    )
+
+
+def append(engine: Engine, events: list[NewEvent]) -> list[Appended]:
+    """Append in one committed transaction, as the group-commit writer does."""
+    with writer(engine.connect()) as conn, conn.begin():
+        return append_batch(conn, events)

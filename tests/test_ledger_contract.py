@@ -1,0 +1,188 @@
+"""The log's contract, run against SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
+
+from ledger import chain, migrate
+from ledger.db import make_engine
+from ledger.errors import ImportRefused
+from ledger.schema import events
+from ledger.store import get_event, iter_events, read_head
+from ledger.transfer import export_lines, import_lines
+from ledger.verify import verify_ledger
+from tests.helpers import append, new_event
+
+
+def spec_chain(rows):
+    """Re-compute every hash from the rows with nothing but the SPEC 4.2 formula."""
+    prev = bytes(32)
+    out = []
+    for r in rows:
+        prev = chain.link(
+            prev,
+            chain.record(
+                r.position,
+                r.received_at_us,
+                r.source,
+                r.event_id,
+                r.event_type,
+                r.query,
+                r.headers,
+                hashlib.sha256(r.body).digest(),
+            ),
+        )
+        out.append(prev.hex())
+    return out
+
+
+def test_positions_are_gap_free_and_chained(engine):
+    first = append(engine, [new_event(b"a"), new_event(b"b")])
+    second = append(engine, [new_event(b"c")])
+    assert [a.position for a in first + second] == [1, 2, 3]
+    rows = list(iter_events(engine))
+    assert [r.hash for r in rows] == spec_chain(rows)
+    with engine.connect() as conn:
+        assert read_head(conn) == (3, rows[-1].hash)
+
+
+def test_bodies_are_stored_byte_for_byte(engine):
+    bodies = [b"", b"\x00\xff\xfe binary", "Zoë €".encode(), b"x" * 100_000]
+    appended = append(engine, [new_event(b) for b in bodies])
+    with engine.connect() as conn:
+        for body, a in zip(bodies, appended, strict=True):
+            row = get_event(conn, a.position)
+            assert row.body == body
+            assert row.body_sha256 == hashlib.sha256(body).hexdigest()
+
+
+def test_duplicates_point_at_the_first_delivery(engine):
+    append(engine, [new_event(event_id="evt_1"), new_event(event_id="evt_2")])
+    again = append(
+        engine,
+        [
+            new_event(event_id="evt_1"),
+            new_event(event_id="evt_3"),
+            new_event(event_id="evt_3"),
+            new_event(event_id="evt_1", source="other"),
+            new_event(event_id=None),
+            new_event(event_id=None),
+        ],
+    )
+    assert [a.duplicate_of for a in again] == [1, None, 4, None, None, None]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE events SET source = 'forged' WHERE position = 1",
+        "UPDATE events SET body = NULL",
+        "DELETE FROM events WHERE position = 1",
+        "DELETE FROM events",
+    ],
+)
+def test_update_and_delete_fail_at_the_database(engine, statement):
+    append(engine, [new_event(b"keep me")])
+    with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+        conn.execute(text(statement))
+    with engine.connect() as conn:
+        assert get_event(conn, 1).body == b"keep me"
+
+
+def test_truncate_fails_on_postgresql(engine):
+    if engine.dialect.name != "postgresql":
+        return  # SQLite has no TRUNCATE; DELETE is covered above
+    append(engine, [new_event()])
+    with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+        conn.execute(text("TRUNCATE events"))
+
+
+def tamper(engine, statement: str) -> None:
+    """Bypass the append-only guard the way someone with database access could."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.execute(text("DROP TRIGGER events_no_update"))
+        else:
+            conn.execute(text("SET LOCAL session_replication_role = replica"))
+        conn.execute(text(statement))
+
+
+def test_verify_passes_an_intact_ledger(engine):
+    append(engine, [new_event(bytes([i])) for i in range(50)])
+    result = verify_ledger(engine)
+    assert (result.ok, result.checked) == (True, 50)
+    assert verify_ledger(engine, start=20).checked == 31
+
+
+@pytest.mark.parametrize(
+    "statement, reason",
+    [
+        ("UPDATE events SET event_type = 'forged' WHERE position = 7", "hash"),
+        ("UPDATE events SET body = X'00' WHERE position = 7", "body"),
+        ("UPDATE events SET received_at_us = received_at_us + 1 WHERE position = 7", "hash"),
+    ],
+)
+def test_verify_finds_the_first_tampered_row(engine, statement, reason):
+    append(engine, [new_event(bytes([i])) for i in range(12)])
+    if engine.dialect.name == "postgresql":
+        statement = statement.replace("X'00'", "'\\x00'::bytea")
+    tamper(engine, statement)
+    result = verify_ledger(engine)
+    assert result.ok is False
+    assert result.first_bad_position == 7
+    assert result.checked == 6
+    assert reason in result.reason
+
+
+def test_export_import_round_trip(engine, tmp_path):
+    append(engine, [new_event(b"\x00\x01", event_id="a"), new_event(b"{}", event_id="a")])
+    append(engine, [new_event("é".encode(), event_type="t", query="x=1")])
+    lines = list(export_lines(engine))
+    target = make_engine(f"sqlite:///{tmp_path / 'copy.db'}")
+    migrate.upgrade(target)
+    assert import_lines(target, lines) == 3
+    original = [tuple(r) for r in iter_events(engine)]
+    copied = [tuple(r) for r in iter_events(target)]
+    assert copied == original
+    assert verify_ledger(target).ok
+    with target.connect() as conn, engine.connect() as src:
+        assert read_head(conn) == read_head(src)
+    # new appends continue the imported chain
+    append(target, [new_event(b"next")])
+    assert verify_ledger(target).checked == 4
+
+
+def test_import_refuses_a_non_empty_ledger(engine):
+    append(engine, [new_event()])
+    lines = list(export_lines(engine))
+    with pytest.raises(ImportRefused, match="not empty"):
+        import_lines(engine, lines)
+
+
+def test_import_refuses_a_broken_chain_and_writes_nothing(engine, tmp_path):
+    source = make_engine(f"sqlite:///{tmp_path / 'src.db'}")
+    migrate.upgrade(source)
+    append(source, [new_event(bytes([i]), event_type="t") for i in range(5)])
+    lines = list(export_lines(source))
+    lines[3] = lines[3].replace(b'"event_type":"t"', b'"event_type":"u"')
+    with pytest.raises(ImportRefused, match="position 4"):
+        import_lines(engine, lines)
+    with engine.connect() as conn:
+        assert read_head(conn)[0] == 0
+        assert conn.execute(select(events.c.position)).first() is None
+
+
+def test_export_lines_carry_every_column(engine):
+    import orjson
+
+    append(engine, [new_event(b"hi", event_id="e", event_type="t")])
+    doc = orjson.loads(next(iter(export_lines(engine))))
+    for column in events.c:
+        if column.name != "body":
+            assert column.name in doc
+    assert doc["body_base64"] == "aGk="
+    assert doc["received_at"].endswith("Z") and "." in doc["received_at"]
