@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from alembic import command
@@ -31,9 +32,16 @@ def upgrade(engine: Engine) -> None:
         conn.commit()
 
 
-def head_revision(engine: Engine) -> str | None:
+@functools.cache
+def _code_head() -> str | None:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    return ScriptDirectory.from_config(cfg).get_current_head()
+
+
+def head_revision(engine: Engine | None = None) -> str | None:
     """The newest revision the code knows."""
-    return ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+    return _code_head()
 
 
 def current_revision(engine: Engine) -> str | None:

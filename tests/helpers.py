@@ -40,3 +40,15 @@ def append(engine: Engine, events: list[NewEvent]) -> list[Appended]:
     """Append in one committed transaction, as the group-commit writer does."""
     with writer(engine.connect()) as conn, conn.begin():
         return append_batch(conn, events)
+
+
+def stored_bodies(url: str) -> list[bytes | None]:
+    """Every body in the log at `url`, in position order (opens and closes its own engine)."""
+    from ledger.db import make_engine
+    from ledger.store import iter_events
+
+    engine = make_engine(url)
+    try:
+        return [r.body for r in iter_events(engine)]
+    finally:
+        engine.dispose()

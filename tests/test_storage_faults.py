@@ -1,0 +1,85 @@
+"""When the database cannot take a write: 503 with Retry-After, nothing lost, self-healing."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import psycopg
+
+from tests.helpers import stored_bodies
+
+CONFIG = """
+[sources.app]
+verifier = "none"
+"""
+
+
+def test_sqlite_locked_answers_503_then_recovers(make_client, db_url):
+    if not db_url.startswith("sqlite"):
+        return  # the PostgreSQL outage is below
+    client = make_client(CONFIG)
+    assert client.post("/hooks/app", content=b"before").status_code == 202
+    path = db_url.removeprefix("sqlite:///")
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # holds the write lock past the busy timeout
+    try:
+        r = client.post("/hooks/app", content=b"during")
+        assert r.status_code == 503
+        assert r.headers["retry-after"]
+        assert r.json()["error"] == "storage_unavailable"
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    after = client.post("/hooks/app", content=b"after")
+    assert after.status_code == 202
+    # the refused one is not there, and nothing else was lost
+    assert stored_bodies(db_url) == [b"before", b"after"]
+    assert after.json()["position"] == 2
+
+
+def test_postgresql_outage_answers_503_then_recovers(make_client, db_url, postgres):
+    if not db_url.startswith("postgresql"):
+        return
+    client = make_client(CONFIG)
+    assert client.post("/hooks/app", content=b"before").status_code == 202
+    name = db_url.rsplit("/", 1)[1]
+    with psycopg.connect(postgres.url(), autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+        )
+        try:
+            r = client.post("/hooks/app", content=b"during")
+            assert r.status_code == 503
+            assert r.headers["retry-after"]
+            assert client.get("/readyz").status_code == 503
+        finally:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    after = client.post("/hooks/app", content=b"after")
+    assert after.status_code == 202, after.text
+    assert client.get("/readyz").status_code == 200
+    assert stored_bodies(db_url) == [b"before", b"after"]
+
+
+def test_concurrent_deliveries_share_commits(make_client, db_url):
+    """Group commit: many concurrent requests, fewer transactions, every one acknowledged."""
+    client = make_client(CONFIG)
+    appender = client.app.state.hl.appender
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def post(i: int) -> None:
+        r = client.post("/hooks/app", content=b'{"i":%d}' % i)
+        with lock:
+            results.append(r.status_code)
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [202] * 64
+    assert appender.appended == 64
+    assert appender.batches <= 64
+    assert sorted(stored_bodies(db_url)) == sorted(b'{"i":%d}' % i for i in range(64))
