@@ -17,6 +17,7 @@ from ledger import chain
 from ledger.schema import REJECTION_BODY_BYTES, events, ledger_head, rejections
 
 META_COLUMNS = [c for c in events.c if c.name not in ("headers", "body")]
+NOTIFY_CHANNEL = "hookledger_events"  # PostgreSQL: every append batch notifies projectors
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,8 @@ def append_batch(conn: Connection, batch: Sequence[NewEvent]) -> list[Appended]:
     conn.execute(
         update(ledger_head).where(ledger_head.c.id == 1).values(position=position, hash=digest)
     )
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}")  # delivered at commit
     return out
 
 

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -162,3 +162,12 @@ def make_client(tmp_path, db_url) -> Iterator:
     yield make
     for client in clients:
         client.__exit__(None, None, None)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url_factory(request, tmp_path_factory) -> Callable[[], str]:
+    """Fresh databases on demand (for hypothesis tests that need one per example)."""
+    if request.param == "sqlite":
+        return lambda: f"sqlite:///{tmp_path_factory.mktemp('db') / 'ledger.db'}"
+    server = request.getfixturevalue("postgres")
+    return server.create_database

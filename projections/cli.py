@@ -1,0 +1,179 @@
+"""Projection commands of the `hookledger` CLI: project, status, rebuild, projections retry."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+import orjson
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ledger.cli import err, out
+from ledger.config import Config
+from ledger.db import make_engine, translated
+from ledger.errors import ConfigError
+from ledger.store import read_head
+from projections import registry
+from projections.projector import Projector, load_projectors
+from projections.signals import PgListener
+from projections.status import status
+from projections.worker import Worker
+
+
+def _projectors(config: Config, only: list[str] | None = None) -> dict[str, Projector]:
+    projectors = load_projectors(config)
+    if only:
+        unknown = [n for n in only if n not in projectors]
+        if unknown:
+            raise ConfigError(f"no projection named {unknown[0]!r} is configured")
+        projectors = {n: projectors[n] for n in only}
+    return projectors
+
+
+def cmd_project(args: argparse.Namespace, config: Config) -> int:
+    projectors = _projectors(config, args.only)
+    if not projectors:
+        raise ConfigError(f"{config.path or '<defaults>'}: no [projections.*] are configured")
+    engine = make_engine(config.database_url)
+    worker = Worker(engine, projectors, idle_poll=0.25)
+    listener = PgListener(engine, worker.wake) if engine.dialect.name == "postgresql" else None
+    stopping = threading.Event()
+
+    def on_signal(signum, _frame) -> None:
+        stopping.set()
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if listener is not None:
+        listener.start()
+    err.print(f"projector {worker.owner} working: {', '.join(projectors)}")
+    worker.run()
+    if listener is not None:
+        listener.stop()
+    err.print("projector stopped")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    projectors = _projectors(config)
+    engine = make_engine(config.database_url)
+    entries = status(engine, projectors)
+    table = Table(
+        "name", "version", "state", "position", "head", "lag", "rows", "rebuild", "last error"
+    )
+    for e in entries:
+        rebuild = e["rebuild"]
+        table.add_row(
+            e["name"],
+            "-" if e["version"] is None else str(e["version"]),
+            e["state"],
+            str(e["position"]),
+            str(e["head"]),
+            str(e["lag"]),
+            str(e["rows"]),
+            "" if rebuild is None else f"v{rebuild['version']} {rebuild['percent']}%",
+            ""
+            if e["last_error"] is None
+            else f"@{e['last_error']['position']}: {e['last_error']['error']}",
+        )
+    out.print(table)
+    if not entries:
+        err.print("no projections are configured")
+    return 1 if any(e["state"] == "failed" for e in entries) else 0
+
+
+def cmd_rebuild(args: argparse.Namespace, config: Config) -> int:
+    projector = _projectors(config, [args.name])[args.name]
+    engine = make_engine(config.database_url)
+    with translated():
+        row, started = registry.request_rebuild(engine, projector)
+    word = "started" if started else "already running"
+    err.print(f"{projector.name}: rebuild to version {row.version} {word}")
+    if args.no_wait:
+        return 0
+    return _follow(engine, projector, row.version)
+
+
+def _follow(engine, projector: Projector, version: int) -> int:
+    """Work the rebuild here when no other worker holds the lease; show progress until swap."""
+    worker = Worker(engine, {projector.name: projector})
+    bar = Progress(
+        TextColumn(f"rebuilding {projector.name} v{version}"),
+        BarColumn(),
+        TextColumn("{task.completed:,.0f}/{task.total:,.0f} events"),
+        TextColumn("{task.fields[rate]:,.0f}/s"),
+        TimeRemainingColumn(),
+        console=err,
+    )
+    try:
+        with bar:
+            task = bar.add_task("rebuild", total=1, rate=0.0)
+            while True:
+                busy = worker.run_once()
+                with translated(), engine.connect() as conn:
+                    rows = {r.version: r for r in registry.versions(conn, projector.name)}
+                    head, _ = read_head(conn)
+                row = rows.get(version)
+                if row is None or row.status == "abandoned":
+                    err.print(
+                        f"[red]{projector.name}: version {version} was replaced by a newer build[/]"
+                    )
+                    return 1
+                elapsed = max(time.time() - row.build_started_at_us / 1e6, 1e-3)
+                bar.update(
+                    task, completed=row.position, total=max(head, 1), rate=row.position / elapsed
+                )
+                if row.state == "failed":
+                    err.print(f"[red]{projector.name}: rebuild halted: {row.last_error}[/]")
+                    return 1
+                if row.status in ("live", "retired"):
+                    break
+                if not busy:
+                    time.sleep(0.2)
+    finally:
+        for name in worker.projectors:
+            registry.release_lease(engine, name, worker.owner)
+    diff = _diff(rows[version])
+    out.print(f"{projector.name}: version {version} is live{diff}")
+    return 0
+
+
+def _diff(row) -> str:
+    if not row.diff:
+        return ""
+    d = orjson.loads(row.diff)
+    return f" (rows added {d['added']}, removed {d['removed']}, changed {d['changed']})"
+
+
+def cmd_retry(args: argparse.Namespace, config: Config) -> int:
+    projector = _projectors(config, [args.name])[args.name]
+    engine = make_engine(config.database_url)
+    with translated():
+        resumed = registry.retry(engine, projector.name)
+    if resumed:
+        out.print(f"{projector.name}: resumed; the projector retries from the failed event")
+    else:
+        out.print(f"{projector.name}: nothing to retry (not failed)")
+    return 0
+
+
+def register(add: Callable[..., argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    """Add the projection commands to the CLI."""
+    p = add("project", cmd_project, "run a projector worker (no HTTP); any number may run")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="work only these projections")
+    add("status", cmd_status, "one row per projection: version, state, position, lag, rows")
+    p = add("rebuild", cmd_rebuild, "rebuild a projection beside the live one, then swap")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--no-wait", action="store_true", help="start it and return at once")
+    p = add("projections", None, "projection maintenance: `projections retry NAME`")
+    sub = p.add_subparsers(dest="projections_cmd", required=True, metavar="retry")
+    r = sub.add_parser(
+        "retry", parents=[common], help="resume a projection halted on a handler error"
+    )
+    r.add_argument("name", metavar="NAME")
+    r.set_defaults(fn=cmd_retry)

@@ -1,0 +1,281 @@
+"""Declarative projections: a config table that says what an event means.
+
+`Definition.parse` validates the config; `fold` is the pure heart: given
+the current state of the touched rows and a batch of events, it returns the
+rows' new state (only the winning change per key reaches the database) and
+the events it could not apply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+from ledger.errors import ConfigError
+from ledger.pointer import MISSING, resolve
+from projections.model import NOT_JSON, Event, HandlerError
+from projections.ordering import VersionError, is_newer, version_text
+
+COLUMN_TYPES = ("text", "integer", "number", "boolean")
+RESERVED_COLUMNS = {"data", "version", "position", "deleted"}
+ON_ERROR = ("halt", "skip")
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """A typed column extracted from each event's body."""
+
+    name: str
+    path: str
+    type: str = "text"
+
+
+@dataclass(frozen=True)
+class Definition:
+    """A validated declarative projection."""
+
+    name: str
+    key: tuple[str, ...]
+    key_columns: tuple[str, ...]
+    source: str | None = None
+    types: tuple[str, ...] | None = None
+    object: str = ""
+    version: str | None = None
+    delete_on: tuple[str, ...] = ()
+    columns: tuple[ColumnSpec, ...] = ()
+    on_error: str = "halt"
+    kind: str = field(default="declarative")
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever the meaning changes: a new fingerprint builds a new version."""
+        doc = asdict(self)
+        doc.pop("on_error")
+        return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    def matches_type(self, event_type: str | None) -> bool:
+        return self.types is None or event_type in self.types
+
+    @classmethod
+    def parse(cls, name: str, raw: Mapping[str, Any], where: str) -> Definition:
+        """Validate `[projections.NAME]`; errors name `where` (file) and the key."""
+
+        def fail(key: str, problem: str) -> ConfigError:
+            return ConfigError(f"{where}: projections.{name}.{key}: {problem}")
+
+        allowed = {
+            "source",
+            "types",
+            "key",
+            "object",
+            "version",
+            "delete_on",
+            "columns",
+            "on_error",
+        }
+        for key in raw:
+            if key not in allowed:
+                raise fail(key, f"unknown key (expected one of: {', '.join(sorted(allowed))})")
+
+        def pointer(key: str, value: Any) -> str:
+            if not isinstance(value, str) or (value and not value.startswith("/")):
+                raise fail(key, f"expected a JSON Pointer such as '/id', got {value!r}")
+            return value
+
+        def strings(key: str) -> tuple[str, ...] | None:
+            value = raw.get(key)
+            if value is None:
+                return None
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise fail(key, "expected a list of strings")
+            return tuple(value)
+
+        if "key" not in raw:
+            raise fail("key", "is required")
+        keys = raw["key"] if isinstance(raw["key"], list) else [raw["key"]]
+        if not keys:
+            raise fail("key", "must name at least one pointer")
+        key = tuple(pointer("key", k) for k in keys)
+        key_columns = tuple(k.rsplit("/", 1)[-1].replace("~1", "/").replace("~0", "~") for k in key)
+        seen: set[str] = set()
+        for col in key_columns:
+            if not _identifier(col):
+                raise fail("key", f"key column {col!r} is not a plain identifier")
+            if col in seen or col in RESERVED_COLUMNS:
+                raise fail("key", f"key column {col!r} clashes with another column")
+            seen.add(col)
+
+        columns = []
+        raw_columns = raw.get("columns", {})
+        if not isinstance(raw_columns, dict):
+            raise fail("columns", "expected a table of name = pointer or {path, type}")
+        for col_name, spec in raw_columns.items():
+            if not _identifier(col_name):
+                raise fail(f"columns.{col_name}", "column names are letters, digits and _")
+            if col_name in seen or col_name in RESERVED_COLUMNS:
+                raise fail(f"columns.{col_name}", "clashes with a key or built-in column")
+            seen.add(col_name)
+            if isinstance(spec, str):
+                columns.append(ColumnSpec(col_name, pointer(f"columns.{col_name}", spec)))
+                continue
+            if not isinstance(spec, dict) or "path" not in spec:
+                raise fail(
+                    f"columns.{col_name}", "expected a pointer or { path = ..., type = ... }"
+                )
+            extra = set(spec) - {"path", "type"}
+            if extra:
+                raise fail(f"columns.{col_name}.{sorted(extra)[0]}", "unknown key")
+            col_type = spec.get("type", "text")
+            if col_type not in COLUMN_TYPES:
+                raise fail(f"columns.{col_name}.type", f"expected one of {', '.join(COLUMN_TYPES)}")
+            columns.append(
+                ColumnSpec(col_name, pointer(f"columns.{col_name}.path", spec["path"]), col_type)
+            )
+
+        source = raw.get("source")
+        if source is not None and not isinstance(source, str):
+            raise fail("source", "expected a source name")
+        version = raw.get("version")
+        if version is not None:
+            version = pointer("version", version)
+        on_error = raw.get("on_error", "halt")
+        if on_error not in ON_ERROR:
+            raise fail("on_error", "expected 'halt' or 'skip'")
+        return cls(
+            name=name,
+            key=key,
+            key_columns=key_columns,
+            source=source,
+            types=strings("types"),
+            object=pointer("object", raw.get("object", "")),
+            version=version,
+            delete_on=strings("delete_on") or (),
+            columns=tuple(columns),
+            on_error=on_error,
+        )
+
+
+def _identifier(name: str) -> bool:
+    return (
+        bool(name)
+        and name.isascii()
+        and (name[0].isalpha() or name[0] == "_")
+        and all(c.isalnum() or c == "_" for c in name)
+    )
+
+
+@dataclass(slots=True)
+class RowState:
+    """A projection row: key, declared columns, document, version, position, tombstone."""
+
+    key: tuple[str, ...]
+    columns: dict[str, Any]
+    data: Any
+    version: str | None
+    position: int
+    deleted: bool = False
+
+
+@dataclass
+class FoldResult:
+    """The rows to write, the events that failed, and where a halt stopped the batch."""
+
+    rows: dict[tuple[str, ...], RowState]
+    errors: list[tuple[int, str]]
+    halted_at: int | None = None
+
+
+def _key_part(value: Any, pointer: str) -> str:
+    if value is MISSING or value is None:
+        raise HandlerError(f"key {pointer} is missing")
+    if isinstance(value, bool | dict | list):
+        raise HandlerError(f"key {pointer} must be a string or a number, got {value!r}")
+    return str(value)
+
+
+def _typed(spec: ColumnSpec, value: Any) -> Any:
+    if value is MISSING or value is None:
+        return None
+    if spec.type == "text":
+        return value if isinstance(value, str) else orjson.dumps(value).decode()
+    if spec.type == "integer":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lstrip("-").isdigit():
+            return int(value)
+    elif spec.type == "number":
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return value
+    elif spec.type == "boolean" and isinstance(value, bool):
+        return value
+    raise HandlerError(f"column {spec.name} ({spec.path}) expects {spec.type}, got {value!r}")
+
+
+def event_key(defn: Definition, event: Event) -> tuple[str, ...]:
+    """The row key an event addresses; HandlerError when it has none."""
+    doc = event.json()
+    if doc is NOT_JSON:
+        raise HandlerError("the body is not JSON")
+    return tuple(_key_part(resolve(doc, p), p) for p in defn.key)
+
+
+def apply_event(
+    defn: Definition, event: Event, key: tuple[str, ...], row: RowState | None
+) -> RowState | None:
+    """The row `key` after `event`, or None when the guard says the event is stale."""
+    doc = event.json()
+    version = None
+    if defn.version is not None:
+        raw = resolve(doc, defn.version)
+        if raw is MISSING:
+            raise HandlerError(f"version {defn.version} is missing")
+        try:
+            version = version_text(raw)
+        except VersionError as e:
+            raise HandlerError(str(e)) from None
+    if row is not None:
+        try:
+            if not is_newer(version, event.position, row.version, row.position):
+                return None
+        except VersionError as e:
+            raise HandlerError(str(e)) from None
+    if event.event_type in defn.delete_on:
+        columns = row.columns if row is not None else dict.fromkeys(defn.column_names)
+        data = row.data if row is not None else None
+        return RowState(key, columns, data, version, event.position, deleted=True)
+    data = resolve(doc, defn.object)
+    if data is MISSING:
+        raise HandlerError(f"object {defn.object} is missing")
+    columns = {c.name: _typed(c, resolve(doc, c.path)) for c in defn.columns}
+    return RowState(key, columns, data, version, event.position, deleted=False)
+
+
+def fold(
+    defn: Definition, events: Sequence[Event], current: Mapping[tuple[str, ...], RowState]
+) -> FoldResult:
+    """Apply `events` in order over `current`; only changed rows are returned."""
+    changed: dict[tuple[str, ...], RowState] = {}
+    errors: list[tuple[int, str]] = []
+    for event in events:
+        if event.duplicate_of is not None or not defn.matches_type(event.event_type):
+            continue
+        try:
+            key = event_key(defn, event)
+            row = changed.get(key) or current.get(key)
+            new = apply_event(defn, event, key, row)
+        except HandlerError as e:
+            errors.append((event.position, str(e)))
+            if defn.on_error == "halt":
+                return FoldResult(changed, errors, halted_at=event.position)
+            continue
+        if new is not None:
+            changed[key] = new
+    return FoldResult(changed, errors)

@@ -1,0 +1,204 @@
+"""Reading a projection's current state: filters, sort, keyset cursors.
+
+Reads go through the projection's SQL view, so a swap in progress is
+invisible to them. Every value is a bound parameter; every identifier is
+checked against the live version's columns before it reaches SQL.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    Float,
+    Integer,
+    MetaData,
+    Row,
+    Table,
+    and_,
+    or_,
+    select,
+    tuple_,
+)
+
+from projections import registry
+
+
+class QueryError(ValueError):
+    """A request the rows API must refuse with 400; the message says why."""
+
+
+class NotBuilt(LookupError):
+    """The projection has no live version yet."""
+
+
+@dataclass(frozen=True)
+class LiveView:
+    """The live version of a projection, as a queryable table named after its view."""
+
+    name: str
+    version: int
+    position: int
+    table: Table
+    key_columns: tuple[str, ...]
+
+    @property
+    def tombstones(self) -> bool:
+        return "deleted" in self.table.c
+
+
+def live_view(conn: Connection, name: str) -> LiveView:
+    """Reflect the live version (its columns may predate the current definition)."""
+    live, _ = registry.active(conn, name)
+    if live is None:
+        raise NotBuilt(name)
+    physical = Table(live.table_name, MetaData(), autoload_with=conn)
+    view = Table(
+        name,
+        MetaData(),
+        *(
+            Column(c.name, JSON if c.name == "data" else c.type, primary_key=c.primary_key)
+            for c in physical.columns
+        ),
+    )
+    keys = tuple(c.name for c in physical.primary_key.columns)
+    return LiveView(name, live.version, live.position, view, keys)
+
+
+def coerce(column: Column, raw: str) -> Any:
+    """A filter value typed like its column (integers compare as integers)."""
+    kind = column.type
+    try:
+        if isinstance(kind, Boolean):
+            if raw.lower() in ("true", "1"):
+                return True
+            if raw.lower() in ("false", "0"):
+                return False
+            raise ValueError(raw)
+        if isinstance(kind, Integer | BigInteger):
+            return int(raw)
+        if isinstance(kind, Float):
+            return float(raw)
+    except ValueError:
+        raise QueryError(f"{column.name} expects {_type_word(column)}, got {raw!r}") from None
+    if isinstance(kind, JSON):
+        raise QueryError(f"{column.name} cannot be filtered on (it is a JSON document)")
+    return raw
+
+
+def _type_word(column: Column) -> str:
+    if isinstance(column.type, Boolean):
+        return "true or false"
+    if isinstance(column.type, Integer | BigInteger):
+        return "an integer"
+    return "a number"
+
+
+def encode_cursor(sort: str, row: Mapping[str, Any], view: LiveView) -> str:
+    sort_col = sort.lstrip("-")
+    doc = {
+        "s": sort,
+        "v": row[sort_col] if sort_col else None,
+        "k": [row[k] for k in view.key_columns],
+    }
+    return base64.urlsafe_b64encode(orjson.dumps(doc)).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, sort: str, view: LiveView) -> tuple[Any, list[Any]]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        doc = orjson.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (binascii.Error, ValueError, orjson.JSONDecodeError):
+        raise QueryError("cursor is malformed") from None
+    if (
+        not isinstance(doc, dict)
+        or doc.get("s") != sort
+        or not isinstance(doc.get("k"), list)
+        or len(doc["k"]) != len(view.key_columns)
+        or not all(isinstance(k, str | int | float) and not isinstance(k, bool) for k in doc["k"])
+        or isinstance(doc.get("v"), dict | list)
+    ):
+        raise QueryError("cursor is malformed or belongs to another sort order")
+    return doc.get("v"), doc["k"]
+
+
+def select_rows(
+    conn: Connection,
+    view: LiveView,
+    filters: Mapping[str, str],
+    sort: str = "",
+    limit: int = 100,
+    cursor: str | None = None,
+    include_deleted: bool = False,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of rows and the cursor of the next page (None at the end)."""
+    t = view.table
+    where = []
+    for name, raw in filters.items():
+        if name not in t.c:
+            raise QueryError(f"unknown column {name!r} (columns: {', '.join(t.c.keys())})")
+        where.append(t.c[name] == coerce(t.c[name], raw))
+    if view.tombstones and not include_deleted:
+        where.append(t.c.deleted.is_(False))
+    sort_name = sort.lstrip("-")
+    descending = sort.startswith("-")
+    if sort_name and sort_name not in t.c:
+        raise QueryError(f"cannot sort on unknown column {sort_name!r}")
+    if sort_name and isinstance(t.c[sort_name].type, JSON):
+        raise QueryError(f"cannot sort on {sort_name!r} (it is a JSON document)")
+    keys = [t.c[k] for k in view.key_columns]
+    key_tuple = keys[0] if len(keys) == 1 else tuple_(*keys)
+    order = []
+    if sort_name and sort_name not in view.key_columns:
+        col = t.c[sort_name]
+        order.append(col.desc().nulls_last() if descending else col.asc().nulls_first())
+    order += [k.desc() if descending else k.asc() for k in keys]
+    if cursor:
+        value, last_keys = decode_cursor(cursor, sort, view)
+        last_key = last_keys[0] if len(keys) == 1 else tuple_(*last_keys)
+        after_keys = key_tuple < last_key if descending else key_tuple > last_key
+        if sort_name and sort_name not in view.key_columns:
+            col = t.c[sort_name]
+            if value is None:
+                where.append(
+                    and_(col.is_(None), after_keys)
+                    if descending
+                    else or_(and_(col.is_(None), after_keys), col.is_not(None))
+                )
+            else:
+                value = coerce(col, str(value)) if not isinstance(value, str) else value
+                beyond = col < value if descending else col > value
+                tie = and_(col == value, after_keys)
+                where.append(or_(beyond, tie, col.is_(None)) if descending else or_(beyond, tie))
+        else:
+            where.append(after_keys)
+    query = select(t).where(*where).order_by(*order).limit(limit + 1)
+    rows = [dict(r._mapping) for r in conn.execute(query)]
+    nxt = encode_cursor(sort, rows[limit - 1], view) if len(rows) > limit else None
+    return rows[:limit], nxt
+
+
+def get_row(conn: Connection, view: LiveView, key: str) -> dict[str, Any] | None:
+    """One row by its key; composite keys are joined with '/'."""
+    parts = key.split("/", len(view.key_columns) - 1) if len(view.key_columns) > 1 else [key]
+    if len(parts) != len(view.key_columns):
+        raise QueryError(
+            f"expected {len(view.key_columns)} key parts ({'/'.join(view.key_columns)}), got {key!r}"
+        )
+    t = view.table
+    row: Row | None = conn.execute(
+        select(t).where(
+            *(t.c[k] == coerce(t.c[k], v) for k, v in zip(view.key_columns, parts, strict=True))
+        )
+    ).first()
+    return None if row is None else dict(row._mapping)

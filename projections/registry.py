@@ -1,0 +1,317 @@
+"""The registry: versions with checkpoints, leases, errors, and the atomic swap.
+
+Every write here is one short transaction; the checkpoint moves only by
+compare-and-set, so a worker that lost its lease cannot write over the
+one that took it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    Table,
+    Text,
+    and_,
+    cast,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy import exc as sa_exc
+
+from ledger.db import writer
+from ledger.store import read_head
+from projections.projector import Projector
+from projections.schema import projection_errors, projection_leases, projection_versions
+
+V = projection_versions
+ACTIVE = ("building", "live")
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def table_name(name: str, version: int) -> str:
+    """The physical table of one version; the view `name` points at the live one."""
+    return f"p_{name}_v{version}"
+
+
+def versions(conn: Connection, name: str | None = None) -> list[Row]:
+    """Registry rows, newest version first."""
+    query = select(V).order_by(V.c.name, V.c.version.desc())
+    if name is not None:
+        query = query.where(V.c.name == name)
+    return list(conn.execute(query))
+
+
+def active(conn: Connection, name: str) -> tuple[Row | None, Row | None]:
+    """(live, building) versions of a projection."""
+    live = building = None
+    for row in versions(conn, name):
+        if row.status == "live" and live is None:
+            live = row
+        elif row.status == "building" and building is None:
+            building = row
+    return live, building
+
+
+def create_version(conn: Connection, projector: Projector, reason: str) -> Row:
+    """Create the next version's table and registry row (status building) in `conn`'s txn."""
+    latest = conn.execute(select(func.max(V.c.version)).where(V.c.name == projector.name)).scalar()
+    version = (latest or 0) + 1
+    name = table_name(projector.name, version)
+    projector.build_table(name).create(conn)
+    head, _ = read_head(conn)
+    stamp = now_us()
+    conn.execute(
+        V.insert().values(
+            name=projector.name,
+            version=version,
+            kind=projector.kind,
+            fingerprint=projector.fingerprint,
+            table_name=name,
+            status="building",
+            state="running",
+            position=0,
+            reason=reason,
+            created_at_us=stamp,
+            build_total=head,
+            build_started_at_us=stamp,
+        )
+    )
+    return conn.execute(select(V).where(V.c.name == projector.name, V.c.version == version)).one()
+
+
+def abandon(conn: Connection, row: Row) -> None:
+    """Give up a building version (superseded): drop its table, keep its registry row."""
+    conn.execute(
+        update(V).where(V.c.name == row.name, V.c.version == row.version).values(status="abandoned")
+    )
+    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {_quote(conn, row.table_name)}")
+
+
+def ensure_current(engine: Engine, projector: Projector) -> Row | None:
+    """Make sure a version with the projector's current definition exists or is building.
+
+    Returns the version it created, if any. Safe to call from several workers."""
+    with writer(engine.connect()) as conn:
+        try:
+            with conn.begin():
+                live, building = active(conn, projector.name)
+                if building is not None and building.fingerprint == projector.fingerprint:
+                    return None
+                if (
+                    building is None
+                    and live is not None
+                    and live.fingerprint == projector.fingerprint
+                ):
+                    return None
+                if building is not None:
+                    abandon(conn, building)
+                reason = "new projection" if live is None else "definition changed"
+                return create_version(conn, projector, reason)
+        except sa_exc.IntegrityError:
+            return None  # another worker created it at the same moment
+
+
+def request_rebuild(engine: Engine, projector: Projector) -> tuple[Row, bool]:
+    """Start a rebuild (a new version beside the live one), or return the one running.
+
+    Returns (version row, started_now)."""
+    with writer(engine.connect()) as conn, conn.begin():
+        _, building = active(conn, projector.name)
+        if building is not None and building.fingerprint == projector.fingerprint:
+            return building, False
+        if building is not None:
+            abandon(conn, building)
+        return create_version(conn, projector, "rebuild requested"), True
+
+
+def advance(
+    conn: Connection, name: str, version: int, expected: int, position: int, **values: Any
+) -> bool:
+    """Compare-and-set the checkpoint; False means someone else moved it (lease lost)."""
+    result = conn.execute(
+        update(V)
+        .where(V.c.name == name, V.c.version == version, V.c.position == expected)
+        .values(position=position, **values)
+    )
+    return result.rowcount == 1
+
+
+def record_errors(
+    conn: Connection, name: str, version: int, errors: Sequence[tuple[int, str, str | None]]
+) -> None:
+    if errors:
+        stamp = now_us()
+        conn.execute(
+            projection_errors.insert(),
+            [
+                {
+                    "name": name,
+                    "version": version,
+                    "position": p,
+                    "error": e,
+                    "traceback": tb,
+                    "at_us": stamp,
+                }
+                for p, e, tb in errors
+            ],
+        )
+
+
+def retry(engine: Engine, name: str) -> int:
+    """Resume failed versions of a projection; returns how many were resumed."""
+    with writer(engine.connect()) as conn, conn.begin():
+        result = conn.execute(
+            update(V)
+            .where(V.c.name == name, V.c.state == "failed", V.c.status.in_(ACTIVE))
+            .values(state="running")
+        )
+        return result.rowcount
+
+
+# --- leases -------------------------------------------------------------------
+
+
+def acquire_lease(engine: Engine, name: str, owner: str, ttl_s: float) -> bool:
+    """Take or renew the lease on a projection; False while another live worker holds it."""
+    stamp = now_us()
+    expires = stamp + int(ttl_s * 1_000_000)
+    with writer(engine.connect()) as conn:
+        with conn.begin():
+            result = conn.execute(
+                update(projection_leases)
+                .where(
+                    projection_leases.c.name == name,
+                    (projection_leases.c.owner == owner)
+                    | (projection_leases.c.expires_at_us < stamp),
+                )
+                .values(owner=owner, expires_at_us=expires)
+            )
+            if result.rowcount == 1:
+                return True
+            taken = conn.execute(
+                select(projection_leases.c.name).where(projection_leases.c.name == name)
+            ).first()
+            if taken is not None:
+                return False
+        try:
+            with conn.begin():
+                conn.execute(
+                    projection_leases.insert().values(name=name, owner=owner, expires_at_us=expires)
+                )
+        except sa_exc.IntegrityError:
+            return False
+        return True
+
+
+def release_lease(engine: Engine, name: str, owner: str) -> None:
+    with writer(engine.connect()) as conn, conn.begin():
+        conn.execute(
+            projection_leases.delete().where(
+                projection_leases.c.name == name, projection_leases.c.owner == owner
+            )
+        )
+
+
+# --- swap and diff --------------------------------------------------------------
+
+
+def _quote(conn: Connection, identifier: str) -> str:
+    return conn.dialect.identifier_preparer.quote(identifier)
+
+
+def diff_tables(
+    conn: Connection, old: Table, new: Table, tombstones: bool
+) -> dict[str, int] | None:
+    """Rows added, removed and changed from `old` to `new` (tombstones count as absent)."""
+    old_keys = [c.name for c in old.primary_key.columns]
+    new_keys = [c.name for c in new.primary_key.columns]
+    if old_keys != new_keys:
+        return None
+    skip = {"position", "version", "deleted"} if tombstones else set()
+    common = [
+        c.name
+        for c in new.columns
+        if c.name in old.c and c.name not in old_keys and c.name not in skip
+    ]
+
+    def present(t: Table):
+        return t.c.deleted.is_(False) if tombstones and "deleted" in t.c else True
+
+    o = old.alias("o")
+    n = new.alias("n")
+    join_on = and_(*(o.c[k] == n.c[k] for k in old_keys))
+
+    def count(query) -> int:
+        return conn.execute(select(func.count()).select_from(query.subquery())).scalar() or 0
+
+    added = count(
+        select(n.c[new_keys[0]])
+        .select_from(n.outerjoin(o, and_(join_on, present(o))))
+        .where(present(n), o.c[old_keys[0]].is_(None))
+    )
+    removed = count(
+        select(o.c[old_keys[0]])
+        .select_from(o.outerjoin(n, and_(join_on, present(n))))
+        .where(present(o), n.c[new_keys[0]].is_(None))
+    )
+    differs = [cast(n.c[c], Text).is_distinct_from(cast(o.c[c], Text)) for c in common]
+    changed = 0
+    if differs:
+        changed = count(
+            select(n.c[new_keys[0]])
+            .select_from(n.join(o, join_on))
+            .where(present(n), present(o), or_(*differs))
+        )
+    return {"added": added, "removed": removed, "changed": changed}
+
+
+def swap(conn: Connection, projector: Projector, building: Row, live: Row | None) -> dict | None:
+    """Make `building` the live version: view and registry in one transaction, old table dropped.
+
+    The caller owns the transaction. Returns the diff against the old version."""
+    if not advance(
+        conn,
+        building.name,
+        building.version,
+        building.position,
+        building.position,
+        status="live",
+        swapped_at_us=now_us(),
+    ):
+        return None
+    diff = None
+    view = _quote(conn, projector.name)
+    if live is not None:
+        old_table = projector.build_table(live.table_name)
+        old_table = Table(
+            live.table_name, old_table.metadata, autoload_with=conn, extend_existing=True
+        )
+        new_table = projector.build_table(building.table_name)
+        diff = diff_tables(conn, old_table, new_table, projector.tombstones)
+        conn.execute(
+            update(V)
+            .where(V.c.name == live.name, V.c.version == live.version)
+            .values(status="retired")
+        )
+    conn.exec_driver_sql(f"DROP VIEW IF EXISTS {view}")
+    conn.exec_driver_sql(f"CREATE VIEW {view} AS SELECT * FROM {_quote(conn, building.table_name)}")
+    if live is not None:
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {_quote(conn, live.table_name)}")
+    conn.execute(
+        update(V)
+        .where(V.c.name == building.name, V.c.version == building.version)
+        .values(diff=None if diff is None else orjson.dumps(diff).decode())
+    )
+    return diff

@@ -1,0 +1,102 @@
+"""What an operator needs to see: state, lag, rows, rebuild progress, last error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Engine, MetaData, Row, Table, func, select
+
+from ledger.db import translated
+from ledger.store import read_head
+from ledger.timefmt import iso_from_us
+from projections import registry
+from projections.projector import Projector
+from projections.schema import projection_errors
+
+CATCHING_UP_LAG = 1000
+
+
+def progress(row: Row, head: int, now_us: int | None = None) -> dict[str, Any]:
+    """A building version's progress: events done and total, rate, ETA."""
+    now_us = now_us or registry.now_us()
+    elapsed = max((now_us - (row.build_started_at_us or row.created_at_us)) / 1e6, 1e-3)
+    done = row.position
+    rate = done / elapsed
+    remaining = max(head - done, 0)
+    return {
+        "version": row.version,
+        "reason": row.reason,
+        "state": row.state,
+        "done": done,
+        "total": head,
+        "percent": round(100.0 * done / head, 1) if head else 100.0,
+        "rate": round(rate, 1),
+        "eta_seconds": round(remaining / rate, 1) if rate > 0 else None,
+        "started_at": iso_from_us(row.build_started_at_us or row.created_at_us),
+        "last_error": row.last_error,
+    }
+
+
+def count_rows(conn: Connection, table_name: str, tombstones: bool) -> int:
+    table = Table(table_name, MetaData(), autoload_with=conn)
+    query = select(func.count()).select_from(table)
+    if tombstones and "deleted" in table.c:
+        query = query.where(table.c.deleted.is_(False))
+    return conn.execute(query).scalar() or 0
+
+
+def describe(conn: Connection, projector: Projector, head: int) -> dict[str, Any]:
+    """One projection's status entry (the shape of GET /v1/projections)."""
+    live, building = registry.active(conn, projector.name)
+    current = live or building
+    position = current.position if current is not None else 0
+    if current is not None and current.state == "failed":
+        state = "failed"
+    elif live is None or head - live.position >= CATCHING_UP_LAG:
+        state = "catching_up"
+    else:
+        state = "live"
+    last_error = conn.execute(
+        select(projection_errors.c.position, projection_errors.c.error, projection_errors.c.at_us)
+        .where(projection_errors.c.name == projector.name)
+        .order_by(projection_errors.c.id.desc())
+        .limit(1)
+    ).first()
+    return {
+        "name": projector.name,
+        "kind": projector.kind,
+        "version": live.version if live is not None else None,
+        "state": state,
+        "position": position,
+        "head": head,
+        "lag": head - position,
+        "rows": count_rows(conn, live.table_name, projector.tombstones) if live else 0,
+        "rebuild": progress(building, head) if building is not None else None,
+        "last_swap": _last_swap(live),
+        "last_error": None
+        if last_error is None
+        else {
+            "position": last_error.position,
+            "error": last_error.error,
+            "at": iso_from_us(last_error.at_us),
+        },
+    }
+
+
+def _last_swap(live: Row | None) -> dict[str, Any] | None:
+    if live is None or live.swapped_at_us is None:
+        return None
+    return {
+        "version": live.version,
+        "at": iso_from_us(live.swapped_at_us),
+        "reason": live.reason,
+        "diff": orjson.loads(live.diff) if live.diff else None,
+    }
+
+
+def status(engine: Engine, projectors: dict[str, Projector]) -> list[dict[str, Any]]:
+    """Every configured projection's status entry."""
+    with translated(), engine.connect() as conn:
+        head, _ = read_head(conn)
+        return [describe(conn, p, head) for p in projectors.values()]

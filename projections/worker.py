@@ -1,0 +1,218 @@
+"""The projector loop: tail the log, apply batches, checkpoint, swap rebuilt versions.
+
+A worker holds one lease per projection it works (several workers share
+the projections between them and take over an expired lease within
+seconds). Each batch runs in one transaction that first moves the
+checkpoint by compare-and-set, then writes the projection's rows, so a
+crash at any instant neither loses nor repeats an effect.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+
+from sqlalchemy import Engine, Row, select
+
+from ledger.db import translated, writer
+from ledger.errors import HookledgerError
+from ledger.schema import events
+from ledger.store import read_head
+from projections import registry
+from projections.model import Event
+from projections.projector import Projector
+
+log = logging.getLogger("hookledger.projector")
+
+LIVE_BATCH = 1000
+REBUILD_BATCH = 10_000
+LEASE_TTL_S = 5.0
+IDLE_POLL_S = 1.0
+
+
+def worker_id() -> str:
+    """host:pid:random, so a lease names who holds it."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def read_events(conn, projector: Projector, after: int, upto: int) -> list[Event]:
+    """The events a projector may want in (after, upto], in position order."""
+    c = events.c
+    query = select(
+        c.position, c.source, c.event_id, c.event_type, c.received_at_us, c.body, c.duplicate_of
+    ).where(c.position > after, c.position <= upto)
+    if projector.source is not None:
+        query = query.where(c.source == projector.source)
+    if projector.types is not None:
+        query = query.where(c.event_type.in_(projector.types))
+    return [Event(*row) for row in conn.execute(query.order_by(c.position))]
+
+
+class Worker:
+    """Works every projection it can lease, until stopped."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        projectors: dict[str, Projector],
+        owner: str | None = None,
+        live_batch: int = LIVE_BATCH,
+        rebuild_batch: int = REBUILD_BATCH,
+        lease_ttl: float = LEASE_TTL_S,
+        idle_poll: float = IDLE_POLL_S,
+    ) -> None:
+        self.engine = engine
+        self.projectors = projectors
+        self.owner = owner or worker_id()
+        self.live_batch = live_batch
+        self.rebuild_batch = rebuild_batch
+        self.lease_ttl = lease_ttl
+        self.idle_poll = idle_poll
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._ensured: set[str] = set()
+
+    # --- control ---------------------------------------------------------------
+
+    def wake(self, *_: object) -> None:
+        """New events are in the log: stop waiting."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        """Loop until `stop()`; storage trouble is logged and retried, never fatal."""
+        log.info("projector %s working %s", self.owner, ", ".join(self.projectors) or "nothing")
+        while not self._stop.is_set():
+            try:
+                busy = self.run_once()
+            except HookledgerError as e:
+                log.warning("projector pass failed, retrying: %s", e)
+                busy = False
+            except Exception:
+                log.exception("projector pass failed unexpectedly, retrying")
+                busy = False
+            if not busy:
+                self._wake.wait(self.idle_poll)
+                self._wake.clear()
+        for name in self.projectors:
+            try:
+                registry.release_lease(self.engine, name, self.owner)
+            except Exception:
+                log.debug("could not release the lease on %s", name, exc_info=True)
+
+    # --- one pass ----------------------------------------------------------------
+
+    def run_once(self, names: Iterable[str] | None = None) -> bool:
+        """One pass over the projections; True when anything was applied or swapped."""
+        busy = False
+        with translated():
+            for name in names or list(self.projectors):
+                if not registry.acquire_lease(self.engine, name, self.owner, self.lease_ttl):
+                    self._ensured.discard(name)
+                    continue
+                busy |= self.work(self.projectors[name])
+        return busy
+
+    def work(self, projector: Projector) -> bool:
+        """Advance the live and building versions of one projection; swap when ready."""
+        if projector.name not in self._ensured:
+            created = registry.ensure_current(self.engine, projector)
+            if created is not None:
+                log.info(
+                    "%s: building version %d (%s)", projector.name, created.version, created.reason
+                )
+            self._ensured.add(projector.name)
+        with self.engine.connect() as conn:
+            live, building = registry.active(conn, projector.name)
+            head, _ = read_head(conn)
+        busy = False
+        if live is not None and live.state == "running" and live.position < head:
+            busy |= self.step(projector, live, head, self.live_batch)
+        if building is not None and building.state == "running":
+            if building.position < head:
+                busy |= self.step(projector, building, head, self.rebuild_batch)
+            elif live is None or live.state == "failed" or live.position == building.position:
+                busy |= self.finish(projector, building, live)
+        return busy
+
+    def step(self, projector: Projector, version: Row, head: int, batch: int) -> bool:
+        """Apply one batch to one version, checkpoint included, in one transaction."""
+        start = version.position
+        upto = min(head, start + batch)
+        with self.engine.connect() as conn:
+            batch_events = read_events(conn, projector, start, upto)
+        table = projector.build_table(version.table_name)
+        with writer(self.engine.connect()) as conn, conn.begin():
+            if not registry.advance(conn, version.name, version.version, start, upto):
+                log.warning(
+                    "%s v%d: checkpoint moved under us; lease lost", version.name, version.version
+                )
+                conn.rollback()
+                return False
+            outcome = projector.apply(conn, table, batch_events)
+            registry.record_errors(conn, version.name, version.version, outcome.errors)
+            if outcome.errors:
+                last = outcome.errors[-1]
+                values = {"last_error": f"position {last[0]}: {last[1]}"}
+                if outcome.halted_at is not None:
+                    values["state"] = "failed"
+                    registry.advance(
+                        conn, version.name, version.version, upto, outcome.halted_at - 1, **values
+                    )
+                    log.error(
+                        "%s v%d halted at position %d: %s",
+                        version.name,
+                        version.version,
+                        outcome.halted_at,
+                        last[1],
+                    )
+                else:
+                    registry.advance(conn, version.name, version.version, upto, upto, **values)
+        return True
+
+    def finish(self, projector: Projector, building: Row, live: Row | None) -> bool:
+        """Swap a caught-up build in and report how it differs from the old version."""
+        with writer(self.engine.connect()) as conn, conn.begin():
+            diff = registry.swap(conn, projector, building, live)
+        log.info(
+            "%s: version %d is live%s",
+            projector.name,
+            building.version,
+            f" (rows added {diff['added']}, removed {diff['removed']}, changed {diff['changed']})"
+            if diff
+            else "",
+        )
+        return True
+
+
+class WorkerThread:
+    """A worker in a background thread (used by `serve`), woken by the appender."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.thread = threading.Thread(target=worker.run, name="hookledger-projector", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.thread.join(timeout=15)
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
+    """Poll `predicate` until true or `timeout`; for CLIs and tests."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
