@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api import audit
+from api import projections as proj_routes
 from api.errors import HANDLERS, error_response
 from api.ingest import ingest
 from ledger import migrate
@@ -23,6 +24,9 @@ from ledger.appender import Appender
 from ledger.config import Config, load_config
 from ledger.db import make_engine
 from ledger.errors import HookledgerError
+from projections.projector import Projector, load_projectors
+from projections.signals import PgListener
+from projections.worker import Worker, WorkerThread
 
 log = logging.getLogger("hookledger")
 
@@ -34,6 +38,8 @@ class Services:
     config: Config
     engine: Engine
     appender: Appender
+    projectors: dict[str, Projector]
+    worker: Worker | None = None
 
 
 def startup_warnings(config: Config) -> list[str]:
@@ -76,13 +82,26 @@ ROUTES = [
     Route("/v1/ledger", audit.ledger, methods=["GET"]),
     Route("/v1/ledger/verify", audit.verify, methods=["POST"]),
     Route("/v1/rejections", audit.list_rejections, methods=["GET"]),
+    Route("/v1/projections", proj_routes.list_projections, methods=["GET"]),
+    Route("/v1/projections/{name}", proj_routes.get_projection, methods=["GET"]),
+    Route("/v1/projections/{name}/rows", proj_routes.list_rows, methods=["GET"]),
+    Route("/v1/projections/{name}/rows/{key:path}", proj_routes.get_row, methods=["GET"]),
+    Route("/v1/projections/{name}/errors", proj_routes.list_errors, methods=["GET"]),
+    Route("/v1/projections/{name}/rebuild", proj_routes.rebuild, methods=["POST"]),
+    Route("/v1/projections/{name}/retry", proj_routes.retry, methods=["POST"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
 ]
 
 
-def create_app(config: Config, *, migrate_on_start: bool = False) -> Starlette:
-    """The ASGI app for `config`; resources open in the lifespan and close after it."""
+def create_app(
+    config: Config, *, migrate_on_start: bool = False, run_projectors: bool = True
+) -> Starlette:
+    """The ASGI app for `config`; resources open in the lifespan and close after it.
+
+    With `run_projectors`, a projector thread works the configured projections
+    in this process, woken by every append (and by NOTIFY on PostgreSQL)."""
+    projectors = load_projectors(config)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -91,12 +110,20 @@ def create_app(config: Config, *, migrate_on_start: bool = False) -> Starlette:
             await run_in_threadpool(migrate.upgrade, engine)
         for warning in startup_warnings(config):
             log.warning(warning)
-        appender = Appender(engine)
+        worker = Worker(engine, projectors) if run_projectors and projectors else None
+        appender = Appender(engine, on_commit=worker.wake if worker else None)
         appender.start()
-        app.state.hl = Services(config, engine, appender)
+        background = [WorkerThread(worker)] if worker else []
+        if worker and engine.dialect.name == "postgresql":
+            background.append(PgListener(engine, worker.wake))
+        for task in background:
+            task.start()
+        app.state.hl = Services(config, engine, appender, projectors, worker)
         try:
             yield
         finally:
+            for task in background:
+                await run_in_threadpool(task.stop)
             await run_in_threadpool(appender.stop)
             engine.dispose()
 
@@ -105,4 +132,5 @@ def create_app(config: Config, *, migrate_on_start: bool = False) -> Starlette:
 
 def app_from_env() -> Starlette:
     """Factory for uvicorn workers: the config path comes from HOOKLEDGER_CONFIG."""
-    return create_app(load_config(os.environ.get("HOOKLEDGER_CONFIG") or None))
+    config = load_config(os.environ.get("HOOKLEDGER_CONFIG") or None)
+    return create_app(config, run_projectors=not os.environ.get("HOOKLEDGER_NO_PROJECTOR"))

@@ -25,8 +25,11 @@ def integer(request: Request, name: str, default: int | None, low: int, high: in
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() and not (raw.startswith("-") and raw[1:].isdigit()):
+    digits = raw[1:] if raw.startswith("-") else raw
+    if not (digits.isascii() and digits.isdigit()):
         raise bad(f"{name} must be an integer, got {raw!r}")
+    if len(digits) > 19:  # far out of any range, and int() refuses over 4300 digits
+        raise bad(f"{name} must be between {low} and {high}")
     value = int(raw)
     if not low <= value <= high:
         raise bad(f"{name} must be between {low} and {high}, got {value}")
@@ -52,6 +55,6 @@ def instant(request: Request, name: str) -> int | None:
 
 def path_int(request: Request, name: str) -> int:
     raw = request.path_params[name]
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise ApiError(404, "not_found", f"{name} must be a positive integer, got {raw!r}")
     return int(raw)

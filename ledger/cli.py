@@ -48,53 +48,18 @@ def progress() -> Progress:
     )
 
 
+_ENGINES: list = []
+
+
 def _engine(config: Config):
     from ledger.db import make_engine
 
-    return make_engine(config.database_url)
+    engine = make_engine(config.database_url)
+    _ENGINES.append(engine)  # disposed when the command ends (see `main`)
+    return engine
 
 
 # --- commands ---------------------------------------------------------------
-
-
-def cmd_serve(args: argparse.Namespace, config: Config) -> int:
-    import uvicorn
-
-    from api.app import startup_warnings
-    from ledger import migrate
-
-    if not config.tokens and not is_loopback(args.host) and not args.insecure_no_auth:
-        raise ConfigError(
-            f"refusing to serve {args.host} with no [[tokens]] configured: the API would be "
-            "open to the network. Configure tokens, bind 127.0.0.1, or pass --insecure-no-auth"
-        )
-    engine = _engine(config)
-    migrate.upgrade(engine)
-    engine.dispose()
-    for warning in startup_warnings(config):
-        err.print(f"[yellow]warning:[/] {warning}")
-    if config.path:
-        os.environ["HOOKLEDGER_CONFIG"] = os.path.abspath(config.path)
-    os.environ["HOOKLEDGER_DATABASE_URL"] = config.database_url
-    err.print(f"hookledger serving on http://{args.host}:{args.port} ({_where(config)})")
-    uvicorn.run(
-        "api.app:app_from_env",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        access_log=False,
-        log_level="info",
-        timeout_graceful_shutdown=10,
-    )
-    return 0
-
-
-def _where(config: Config) -> str:
-    from ledger.db import make_engine
-
-    url = make_engine(config.database_url).url
-    return f"database {url.render_as_string(hide_password=True)}"
 
 
 def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
@@ -274,7 +239,22 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
 # --- parser -----------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _positive(text: str) -> int:
+    """An argparse type: an integer of at least 1 (a negative LIMIT fails on PostgreSQL)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+Plugin = Callable[[Callable[..., argparse.ArgumentParser], argparse.ArgumentParser], None]
+
+
+def build_parser(plugins: Sequence[Plugin] = ()) -> argparse.ArgumentParser:
+    """The parser with the log's commands, plus those each plugin adds (`api.cli`)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--config",
@@ -289,23 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, fn: Callable, help_text: str) -> argparse.ArgumentParser:
+    def add(name: str, fn: Callable | None, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
-        p.set_defaults(fn=fn)
+        if fn is not None:
+            p.set_defaults(fn=fn)
         return p
-
-    p = add("serve", cmd_serve, "migrate, then serve the HTTP API")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--workers", type=int, default=1, help="API processes (default 1)")
-    p.add_argument(
-        "--no-projector", action="store_true", help="do not run projectors in this process"
-    )
-    p.add_argument(
-        "--insecure-no-auth",
-        action="store_true",
-        help="allow a non-loopback address with no [[tokens]] configured",
-    )
 
     add("migrate", cmd_migrate, "upgrade the configured database to the newest schema")
 
@@ -319,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type", help="only this event type")
     p.add_argument("--since", metavar="ISO", help="received at or after this time")
     p.add_argument("--after", type=int, default=0, metavar="POS", help="positions after POS")
-    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    p.add_argument("--limit", type=_positive, default=50, help="at most this many (default 50)")
     ev_sub = p.add_subparsers(dest="events_cmd", metavar="show")
     show = ev_sub.add_parser("show", parents=[common], help="one event in full")
     show.add_argument("position", type=int, metavar="POS")
@@ -332,26 +300,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("import", cmd_import, "load an export into an empty ledger, verifying the chain")
     p.add_argument("file", metavar="FILE", help="JSON Lines export, or - for stdin")
+    for plugin in plugins:
+        plugin(add, common)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `hookledger` console script."""
+def main(argv: Sequence[str] | None = None, plugins: Sequence[Plugin] = ()) -> int:
+    """Run one command; `api.cli.main` is the console script and passes its plugins."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    args = build_parser().parse_args(argv)
+    # Alembic announces each of its plugins at INFO on import: noise on every command.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    args = build_parser(plugins).parse_args(argv)
     try:
         config = load_config(getattr(args, "config", None))
         return args.fn(args, config)
     except ConfigError as e:
-        err.print(f"[red]hookledger: {e}[/]", markup=True, soft_wrap=True)
+        # markup=False: messages quote user input, which may contain [brackets]
+        err.print(f"hookledger: {e}", style="red", markup=False, soft_wrap=True)
         return 2
     except HookledgerError as e:
-        err.print(f"[red]hookledger: {e}[/]", soft_wrap=True)
+        err.print(f"hookledger: {e}", style="red", markup=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        while _ENGINES:
+            _ENGINES.pop().dispose()
 
 
 if __name__ == "__main__":

@@ -101,6 +101,8 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None) -
             raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: not UTF-8 ({e.reason})") from None
     return _parse(data, path or "<defaults>", env, path)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import unquote_plus
 
 import orjson
 
@@ -46,11 +46,18 @@ def parse_json(body: bytes) -> object:
 
 
 def stored_query(source: SourceConfig, query: str) -> str:
-    """The query as stored; a `token` source's ?token= secret never reaches the log."""
-    if source.verifier != "token" or "token=" not in query:
+    """The query as stored; a `token` source's ?token= secret never reaches the log.
+
+    Only the value of each `token` parameter (its name compared decoded, as the
+    verifier reads it) is replaced; every other byte of the raw query is kept."""
+    if source.verifier != "token":
         return query
-    pairs = parse_qsl(query, keep_blank_values=True)
-    return urlencode([(k, REDACTED if k == "token" else v) for k, v in pairs])
+    parts = query.split("&")
+    for i, part in enumerate(parts):
+        name, sep, _ = part.partition("=")
+        if sep and unquote_plus(name) == "token":
+            parts[i] = f"{name}={REDACTED}"
+    return "&".join(parts)
 
 
 def decide(

@@ -77,7 +77,7 @@ class ServerProcess:
         cmd = [
             sys.executable,
             "-m",
-            "ledger.cli",
+            "api.cli",
             "serve",
             "--config",
             str(config_path),

@@ -1,0 +1,92 @@
+"""The `hookledger` console script: the ledger's commands plus `serve` and the projection ones.
+
+`ledger.cli` owns the command-line framework and the log's commands; this
+module adds the HTTP server and plugs in `projections.cli`, keeping the
+dependencies one way (api -> projections -> ledger).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from ledger import cli as ledger_cli
+from ledger.cli import err, is_loopback
+from ledger.config import Config
+from ledger.errors import ConfigError
+from projections import cli as projections_cli
+
+
+def cmd_serve(args: argparse.Namespace, config: Config) -> int:
+    import uvicorn
+
+    from api.app import startup_warnings
+    from ledger import migrate
+    from ledger.db import make_engine
+    from projections.projector import load_projectors
+
+    if not config.tokens and not is_loopback(args.host) and not args.insecure_no_auth:
+        raise ConfigError(
+            f"refusing to serve {args.host} with no [[tokens]] configured: the API would be "
+            "open to the network. Configure tokens, bind 127.0.0.1, or pass --insecure-no-auth"
+        )
+    projectors = load_projectors(config)  # a bad definition fails here, in one line
+    engine = make_engine(config.database_url)
+    try:
+        migrate.upgrade(engine)
+        where = engine.url.render_as_string(hide_password=True)
+    finally:
+        engine.dispose()
+    for warning in startup_warnings(config):
+        err.print(f"warning: {warning}", style="yellow", markup=False)
+    if config.path:
+        os.environ["HOOKLEDGER_CONFIG"] = os.path.abspath(config.path)
+    os.environ["HOOKLEDGER_DATABASE_URL"] = config.database_url
+    if args.no_projector:
+        os.environ["HOOKLEDGER_NO_PROJECTOR"] = "1"
+    workers = "no projectors" if args.no_projector or not projectors else "projectors in-process"
+    err.print(
+        f"hookledger serving on http://{args.host}:{args.port} (database {where}; {workers})",
+        markup=False,
+    )
+    uvicorn.run(
+        "api.app:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        access_log=False,
+        log_level="info",
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def register(add: Callable[..., argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    """Add `serve` to the CLI."""
+    p = add("serve", cmd_serve, "migrate, then serve the HTTP API (and run the projectors)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--workers", type=int, default=1, help="API processes (default 1)")
+    p.add_argument(
+        "--no-projector", action="store_true", help="do not run projectors in this process"
+    )
+    p.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow a non-loopback address with no [[tokens]] configured",
+    )
+
+
+PLUGINS = (register, projections_cli.register)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `hookledger` console script."""
+    return ledger_cli.main(argv, plugins=PLUGINS)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

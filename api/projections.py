@@ -1,0 +1,233 @@
+"""Projection routes: status, rows (filters, sort, cursor, read-your-writes), errors, rebuild."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api import params
+from api.audit import OrjsonResponse
+from api.auth import require
+from api.errors import ApiError
+from ledger.db import translated
+from ledger.store import read_head
+from ledger.timefmt import iso_from_us
+from projections import query, registry
+from projections.projector import Projector
+from projections.schema import projection_errors
+from projections.status import describe, progress, status
+
+MAX_WAIT_S = 30.0
+DEFAULT_WAIT_S = 5.0
+ROW_PARAMS = {"sort", "limit", "cursor", "include_deleted", "min_position", "wait"}
+
+
+def _projector(request: Request) -> Projector:
+    name = request.path_params["name"]
+    projector = request.app.state.hl.projectors.get(name)
+    if projector is None:
+        raise ApiError(404, "unknown_projection", f"no projection named {name!r} is configured")
+    return projector
+
+
+def _run(request: Request, fn, *args):
+    engine = request.app.state.hl.engine
+
+    def run():
+        with translated(), engine.connect() as conn:
+            return fn(conn, *args)
+
+    return run_in_threadpool(run)
+
+
+async def list_projections(request: Request) -> Response:
+    require(request, "read")
+    params.check_known(request, set())
+    hl = request.app.state.hl
+    entries = await run_in_threadpool(status, hl.engine, hl.projectors)
+    return OrjsonResponse({"projections": entries})
+
+
+async def get_projection(request: Request) -> Response:
+    require(request, "read")
+    params.check_known(request, {"min_position", "wait"})
+    projector = _projector(request)
+    await _wait_for(request, projector)
+
+    def run(conn):
+        head, _ = read_head(conn)
+        return describe(conn, projector, head)
+
+    return OrjsonResponse(await _run(request, run))
+
+
+async def _wait_for(request: Request, projector: Projector) -> None:
+    """Read-your-writes: wait until the live version has applied `min_position`."""
+    raw = request.query_params.get("min_position") or request.headers.get("ledger-min-position")
+    if raw is None:
+        return
+    if not raw.isdigit():
+        raise params.bad(f"min_position must be a non-negative integer, got {raw!r}")
+    wanted = int(raw)
+    wait = request.query_params.get("wait")
+    try:
+        budget = DEFAULT_WAIT_S if wait is None else float(wait)
+    except ValueError:
+        raise params.bad(f"wait must be a number of seconds, got {wait!r}") from None
+    if not 0 <= budget <= MAX_WAIT_S:
+        raise params.bad(f"wait must be between 0 and {MAX_WAIT_S:g} seconds")
+
+    def applied(conn) -> int:
+        live, _ = registry.active(conn, projector.name)
+        return -1 if live is None else live.position
+
+    deadline = time.monotonic() + budget
+    while True:
+        position = await _run(request, applied)
+        if position >= wanted:
+            return
+        if time.monotonic() >= deadline:
+            raise ApiError(
+                503,
+                "not_caught_up",
+                f"{projector.name} has applied position {max(position, 0)}, not yet {wanted}",
+                {"Retry-After": "1"},
+            )
+        await asyncio.sleep(0.02)
+
+
+def _live(conn, name: str) -> query.LiveView:
+    try:
+        return query.live_view(conn, name)
+    except query.NotBuilt:
+        raise ApiError(
+            503,
+            "projection_building",
+            f"{name} has no live version yet: its first build is running",
+            {"Retry-After": "2"},
+        ) from None
+
+
+def _row_doc(row: dict[str, Any]) -> dict[str, Any]:
+    return {str(k): v for k, v in row.items()}
+
+
+async def list_rows(request: Request) -> Response:
+    require(request, "read")
+    projector = _projector(request)
+    await _wait_for(request, projector)
+    limit = params.limit(request)
+    include_deleted = request.query_params.get("include_deleted", "false").lower() in ("true", "1")
+    filters = {k: v for k, v in request.query_params.items() if k not in ROW_PARAMS}
+    sort = request.query_params.get("sort", "")
+    cursor = request.query_params.get("cursor") or None
+
+    def run(conn):
+        view = _live(conn, projector.name)
+        try:
+            rows, nxt = query.select_rows(conn, view, filters, sort, limit, cursor, include_deleted)
+        except query.QueryError as e:
+            raise params.bad(str(e)) from None
+        return view, rows, nxt
+
+    view, rows, nxt = await _run(request, run)
+    return OrjsonResponse(
+        {"rows": [_row_doc(r) for r in rows], "next": nxt, "position": view.position},
+        headers={"Ledger-Position": str(view.position)},
+    )
+
+
+async def get_row(request: Request) -> Response:
+    require(request, "read")
+    params.check_known(request, {"min_position", "wait"})
+    projector = _projector(request)
+    await _wait_for(request, projector)
+    key = request.path_params["key"]
+
+    def run(conn):
+        view = _live(conn, projector.name)
+        try:
+            return view, query.get_row(conn, view, key)
+        except query.QueryError as e:
+            raise params.bad(str(e)) from None
+
+    view, row = await _run(request, run)
+    if row is None:
+        raise ApiError(
+            404,
+            "not_found",
+            f"{projector.name} has no row {key!r}",
+            {"Ledger-Position": str(view.position)},
+        )
+    return OrjsonResponse(_row_doc(row), headers={"Ledger-Position": str(view.position)})
+
+
+async def list_errors(request: Request) -> Response:
+    require(request, "read")
+    params.check_known(request, {"limit", "cursor"})
+    projector = _projector(request)
+    limit = params.limit(request)
+    before = params.integer(request, "cursor", None, 1, 2**63 - 1)
+    e = projection_errors.c
+
+    def run(conn):
+        q = select(projection_errors).where(e.name == projector.name)
+        if before is not None:
+            q = q.where(e.id < before)
+        return list(conn.execute(q.order_by(e.id.desc()).limit(limit)))
+
+    rows = await _run(request, run)
+    return OrjsonResponse(
+        {
+            "errors": [
+                {
+                    "id": r.id,
+                    "version": r.version,
+                    "position": r.position,
+                    "error": r.error,
+                    "traceback": r.traceback,
+                    "at": iso_from_us(r.at_us),
+                }
+                for r in rows
+            ],
+            "next": str(rows[-1].id) if len(rows) == limit else None,
+        }
+    )
+
+
+async def rebuild(request: Request) -> Response:
+    require(request, "admin")
+    params.check_known(request, set())
+    projector = _projector(request)
+    hl = request.app.state.hl
+
+    def run():
+        with translated():
+            row, started = registry.request_rebuild(hl.engine, projector)
+            with hl.engine.connect() as conn:
+                head, _ = read_head(conn)
+        return row, started, head
+
+    row, started, head = await run_in_threadpool(run)
+    if hl.worker is not None:
+        hl.worker.wake()
+    body = progress(row, head)
+    body["started_now"] = started
+    return OrjsonResponse(body, status_code=202)
+
+
+async def retry(request: Request) -> Response:
+    require(request, "admin")
+    params.check_known(request, set())
+    projector = _projector(request)
+    hl = request.app.state.hl
+    resumed = await run_in_threadpool(registry.retry, hl.engine, projector.name)
+    if hl.worker is not None:
+        hl.worker.wake()
+    return OrjsonResponse({"name": projector.name, "resumed": resumed})
