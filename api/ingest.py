@@ -6,11 +6,11 @@ import logging
 import time
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from api.errors import ApiError, error_response
 from ledger.errors import HookledgerError
-from ledger.intake import Received, decide, unconfigured
+from ledger.intake import Received, decide, slack_challenge, unconfigured
 from ledger.store import Rejection
 
 log = logging.getLogger("hookledger.ingest")
@@ -74,6 +74,9 @@ async def ingest(request: Request) -> Response:
         return error_response(401, outcome.reason, detail)
     appended = await hl.appender.append(outcome)
     headers = {"Ledger-Position": str(appended.position)}
+    challenge = slack_challenge(source, outcome)
+    if challenge is not None:  # stored like any delivery, answered the way Slack expects
+        return JSONResponse({"challenge": challenge}, 200, headers)
     if appended.duplicate_of is None:
         content = b'{"position":%d,"duplicate":false}' % appended.position
         return Response(content, 202, headers, "application/json")

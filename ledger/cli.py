@@ -236,6 +236,84 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_send(args: argparse.Namespace, config: Config) -> int:
+    from ledger.send import post, signed_request
+
+    source = config.sources.get(args.source)
+    if source is None:
+        known = ", ".join(config.sources) or "none"
+        raise ConfigError(f"no source named {args.source!r} is configured (sources: {known})")
+    try:
+        with (
+            open(args.file, "rb")
+            if args.file != "-"
+            else contextlib.nullcontext(sys.stdin.buffer) as f
+        ):
+            body = f.read()
+    except OSError as e:
+        raise HookledgerError(f"{args.file}: {e.strerror}") from None
+    headers, query = signed_request(
+        source, body, event_id=args.id, event_type=args.type, content_type=args.content_type
+    )
+    url = args.url or f"http://127.0.0.1:8000/hooks/{source.name}"
+    if query:
+        url += ("&" if "?" in url else "?") + query
+    reply = post(url, body, headers)
+    style = "green" if 200 <= reply.status < 300 else "red"
+    err.print(f"{reply.status} from {url}", style=style, markup=False)
+    out.print(reply.body.decode("utf-8", "replace"), markup=False, soft_wrap=True)
+    return 0 if 200 <= reply.status < 300 else 1
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def duration(text: str) -> int:
+    """An argparse type: '30d', '12h', '90m', '45s' or '2w' as seconds."""
+    number, unit = text[:-1], text[-1:].lower()
+    if unit not in _UNITS or not number.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a duration like 30d, 12h or 90m, got {text!r}")
+    return int(number) * _UNITS[unit]
+
+
+def cmd_rejections(args: argparse.Namespace, config: Config) -> int:
+    import time
+
+    import orjson
+    from rich.table import Table
+
+    from ledger.db import translated, writer
+    from ledger.store import list_rejections, prune_rejections
+    from ledger.timefmt import iso_from_us
+
+    engine = _engine(config)
+    if args.rejections_cmd == "prune":
+        cutoff = time.time_ns() // 1000 - args.older_than * 1_000_000
+        with translated(), writer(engine.connect()) as conn, conn.begin():
+            removed = prune_rejections(conn, cutoff)
+        out.print(f"pruned {removed} rejections received before {iso_from_us(cutoff)}")
+        return 0
+    with translated(), engine.connect() as conn:
+        rows = list_rejections(conn, source=args.source, limit=args.limit)
+    table = Table("id", "received at", "source", "reason", "remote", "size", "signature headers")
+    for r in rows:
+        names = [n for n, _ in orjson.loads(r.headers)]
+        signing = [n for n in names if "sign" in n or "hmac" in n or n == "authorization"]
+        table.add_row(
+            str(r.id),
+            iso_from_us(r.received_at_us),
+            r.source,
+            r.reason,
+            r.remote_addr or "",
+            str(r.body_size),
+            ", ".join(signing),
+        )
+    out.print(table)
+    if not rows:
+        err.print("no rejections")
+    return 0
+
+
 # --- parser -----------------------------------------------------------------
 
 
@@ -300,6 +378,23 @@ def build_parser(plugins: Sequence[Plugin] = ()) -> argparse.ArgumentParser:
 
     p = add("import", cmd_import, "load an export into an empty ledger, verifying the chain")
     p.add_argument("file", metavar="FILE", help="JSON Lines export, or - for stdin")
+    p = add("send", cmd_send, "sign FILE the way SOURCE's provider does and POST it (a test tool)")
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("file", metavar="FILE", help="the body to send, or - for stdin")
+    p.add_argument("--url", help="endpoint (default http://127.0.0.1:8000/hooks/SOURCE)")
+    p.add_argument("--id", help="event id, for schemes that carry it in a header")
+    p.add_argument("--type", help="event type, for schemes that carry it in a header")
+    p.add_argument("--content-type", default="application/json", help="default application/json")
+
+    p = add("rejections", cmd_rejections, "list refused deliveries, or prune old ones")
+    p.add_argument("--source", help="only this source")
+    p.add_argument("--limit", type=_positive, default=50, help="at most this many (default 50)")
+    rej_sub = p.add_subparsers(dest="rejections_cmd", metavar="prune")
+    prune = rej_sub.add_parser("prune", parents=[common], help="delete old rejections")
+    prune.add_argument(
+        "--older-than", type=duration, required=True, metavar="AGE", help="e.g. 30d, 12h"
+    )
+
     for plugin in plugins:
         plugin(add, common)
     return parser

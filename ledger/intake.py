@@ -69,6 +69,8 @@ def decide(
     verdict = scheme.verify(
         delivery, source.secrets, now, source.tolerance_seconds, source.signature_header
     )
+    if source.verifier == "token":
+        redact = redact | {"authorization"}  # the bearer secret never enters the log
     headers_text = canonical_headers(req.raw_headers, redact)
     query = stored_query(source, req.query)
     if not verdict.ok:
@@ -116,3 +118,12 @@ def unconfigured(source: SourceConfig, req: Received, redact: frozenset[str]) ->
         headers=canonical_headers(req.raw_headers, redact),
         body=req.body,
     )
+
+
+def slack_challenge(source: SourceConfig, event: NewEvent) -> str | None:
+    """The challenge to echo when Slack registers the endpoint (`url_verification`)."""
+    if source.verifier != "slack" or event.event_type != "url_verification":
+        return None
+    doc = parse_json(event.body)
+    challenge = doc.get("challenge") if isinstance(doc, dict) else None
+    return challenge if isinstance(challenge, str) else None

@@ -234,3 +234,8 @@ def list_rejections(
     if before is not None:
         query = query.where(rejections.c.id < before)
     return list(conn.execute(query.order_by(rejections.c.id.desc()).limit(limit)))
+
+
+def prune_rejections(conn: Connection, before_us: int) -> int:
+    """Delete rejections received before `before_us`; returns how many."""
+    return conn.execute(rejections.delete().where(rejections.c.received_at_us < before_us)).rowcount

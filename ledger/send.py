@@ -1,0 +1,69 @@
+"""`hookledger send`: sign a payload the way a source's provider does and POST it.
+
+A test tool, like a provider's CLI trigger: the headers come from the same
+scheme that verifies them, so what `send` signs the server accepts.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+from ledger.config import SourceConfig
+from ledger.errors import ConfigError, HookledgerError
+from ledger.verifiers import SCHEMES
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the server answered."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+def signed_request(
+    source: SourceConfig,
+    body: bytes,
+    now: float | None = None,
+    event_id: str | None = None,
+    event_type: str | None = None,
+    content_type: str = "application/json",
+) -> tuple[list[tuple[str, str]], str]:
+    """Headers and query string for `body`, signed with the source's first secret."""
+    scheme = SCHEMES[source.verifier]
+    if scheme.needs_secret and not source.secrets:
+        raise ConfigError(
+            f"source {source.name!r} has no secret: set {source.secret_env} to sign with it"
+        )
+    secret = source.secrets[0] if source.secrets else ""
+    headers, query = scheme.sign(
+        body,
+        secret,
+        time.time() if now is None else now,
+        header=source.signature_header,
+        event_id=event_id,
+        event_type=event_type,
+    )
+    for spec, value in ((source.event_id, event_id), (source.event_type, event_type)):
+        if value is not None and spec and spec.startswith("header:"):
+            headers.append((spec[len("header:") :], value))
+    return [("Content-Type", content_type), *headers], query
+
+
+def post(url: str, body: bytes, headers: list[tuple[str, str]], timeout: float = 30) -> Reply:
+    """POST and return the answer, whatever its status."""
+    request = urllib.request.Request(url, data=body, method="POST")
+    for name, value in headers:
+        request.add_header(name, value)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return Reply(response.status, response.read(), dict(response.headers))
+    except urllib.error.HTTPError as e:
+        return Reply(e.code, e.read(), dict(e.headers))
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise HookledgerError(f"cannot reach {url}: {reason}") from None
