@@ -7,7 +7,6 @@ error and a non-zero exit (2 for configuration problems); never a traceback.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ipaddress
 import logging
 import os
@@ -51,7 +50,7 @@ def progress() -> Progress:
 _ENGINES: list = []
 
 
-def _engine(config: Config):
+def open_engine(config: Config):
     from ledger.db import make_engine
 
     engine = make_engine(config.database_url)
@@ -65,7 +64,7 @@ def _engine(config: Config):
 def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
     from ledger import migrate
 
-    engine = _engine(config)
+    engine = open_engine(config)
     before = migrate.current_revision(engine)
     migrate.upgrade(engine)
     after = migrate.current_revision(engine)
@@ -81,7 +80,7 @@ def cmd_verify(args: argparse.Namespace, config: Config) -> int:
     from ledger.store import read_head
     from ledger.verify import verify_ledger
 
-    engine = _engine(config)
+    engine = open_engine(config)
     with translated(), engine.connect() as conn:
         head, _ = read_head(conn)
     start = max(args.start, 1)
@@ -99,107 +98,10 @@ def cmd_verify(args: argparse.Namespace, config: Config) -> int:
     return 1
 
 
-def cmd_events(args: argparse.Namespace, config: Config) -> int:
-    if args.events_cmd == "show":
-        return _event_show(args, config)
-    from rich.table import Table
-
-    from ledger.db import translated
-    from ledger.store import list_events
-    from ledger.timefmt import iso_from_us, us_from_iso
-
-    def instant(text: str | None, flag: str) -> int | None:
-        if text is None:
-            return None
-        try:
-            return us_from_iso(text)
-        except ValueError:
-            raise ConfigError(f"{flag}: expected an ISO 8601 time, got {text!r}") from None
-
-    engine = _engine(config)
-    with translated(), engine.connect() as conn:
-        rows = list_events(
-            conn,
-            source=args.source,
-            event_type=args.type,
-            after=args.after,
-            since_us=instant(args.since, "--since"),
-            limit=args.limit,
-        )
-    table = Table("position", "received at", "source", "type", "event id", "size", "dup of")
-    for r in rows:
-        table.add_row(
-            str(r.position),
-            iso_from_us(r.received_at_us),
-            r.source,
-            r.event_type or "",
-            r.event_id or "",
-            "erased" if r.body_size is None else str(r.body_size),
-            "" if r.duplicate_of is None else str(r.duplicate_of),
-        )
-    out.print(table)
-    if not rows:
-        err.print("no events match")
-    return 0
-
-
-def _event_show(args: argparse.Namespace, config: Config) -> int:
-    import orjson
-
-    from ledger.db import translated
-    from ledger.store import get_event
-    from ledger.timefmt import iso_from_us
-
-    engine = _engine(config)
-    with translated(), engine.connect() as conn:
-        row = get_event(conn, args.position)
-    if row is None:
-        err.print(f"[red]no event at position {args.position}[/]")
-        return 1
-    if args.raw:
-        if row.body is None:
-            err.print(f"[red]the body of position {args.position} was erased[/]")
-            return 1
-        sys.stdout.buffer.write(row.body)
-        sys.stdout.buffer.flush()
-        return 0
-    fields = [
-        ("position", row.position),
-        ("received at", iso_from_us(row.received_at_us)),
-        ("source", row.source),
-        ("event id", row.event_id),
-        ("event type", row.event_type),
-        ("verification", row.verification),
-        ("duplicate of", row.duplicate_of),
-        ("content type", row.content_type),
-        ("remote addr", row.remote_addr),
-        ("query", row.query),
-        ("body sha256", row.body_sha256),
-        ("hash", row.hash),
-    ]
-    for name, value in fields:
-        out.print(f"[bold]{name:>13}[/]  {'' if value is None else value}")
-    out.print("[bold]      headers[/]")
-    for name, value in orjson.loads(row.headers):
-        out.print(f"  {name}: {value}", markup=False)
-    out.print("[bold]         body[/]")
-    if row.body is None:
-        out.print("  (erased)")
-    else:
-        try:
-            text = row.body.decode("utf-8")
-            with contextlib.suppress(orjson.JSONDecodeError):
-                text = orjson.dumps(orjson.loads(row.body), option=orjson.OPT_INDENT_2).decode()
-            out.print(text, markup=False, soft_wrap=True)
-        except UnicodeDecodeError:
-            out.print(f"  ({len(row.body)} bytes, not UTF-8: use --raw)")
-    return 0
-
-
 def cmd_export(args: argparse.Namespace, config: Config) -> int:
     from ledger.transfer import export_lines
 
-    engine = _engine(config)
+    engine = open_engine(config)
     count = 0
     if args.output in (None, "-"):
         sink = sys.stdout.buffer
@@ -221,7 +123,7 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
 def cmd_import(args: argparse.Namespace, config: Config) -> int:
     from ledger.transfer import import_lines
 
-    engine = _engine(config)
+    engine = open_engine(config)
     if args.file == "-":
         count = import_lines(engine, sys.stdin.buffer)
     else:
@@ -236,88 +138,10 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def cmd_send(args: argparse.Namespace, config: Config) -> int:
-    from ledger.send import post, signed_request
-
-    source = config.sources.get(args.source)
-    if source is None:
-        known = ", ".join(config.sources) or "none"
-        raise ConfigError(f"no source named {args.source!r} is configured (sources: {known})")
-    try:
-        with (
-            open(args.file, "rb")
-            if args.file != "-"
-            else contextlib.nullcontext(sys.stdin.buffer) as f
-        ):
-            body = f.read()
-    except OSError as e:
-        raise HookledgerError(f"{args.file}: {e.strerror}") from None
-    headers, query = signed_request(
-        source, body, event_id=args.id, event_type=args.type, content_type=args.content_type
-    )
-    url = args.url or f"http://127.0.0.1:8000/hooks/{source.name}"
-    if query:
-        url += ("&" if "?" in url else "?") + query
-    reply = post(url, body, headers)
-    style = "green" if 200 <= reply.status < 300 else "red"
-    err.print(f"{reply.status} from {url}", style=style, markup=False)
-    out.print(reply.body.decode("utf-8", "replace"), markup=False, soft_wrap=True)
-    return 0 if 200 <= reply.status < 300 else 1
-
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def duration(text: str) -> int:
-    """An argparse type: '30d', '12h', '90m', '45s' or '2w' as seconds."""
-    number, unit = text[:-1], text[-1:].lower()
-    if unit not in _UNITS or not number.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a duration like 30d, 12h or 90m, got {text!r}")
-    return int(number) * _UNITS[unit]
-
-
-def cmd_rejections(args: argparse.Namespace, config: Config) -> int:
-    import time
-
-    import orjson
-    from rich.table import Table
-
-    from ledger.db import translated, writer
-    from ledger.store import list_rejections, prune_rejections
-    from ledger.timefmt import iso_from_us
-
-    engine = _engine(config)
-    if args.rejections_cmd == "prune":
-        cutoff = time.time_ns() // 1000 - args.older_than * 1_000_000
-        with translated(), writer(engine.connect()) as conn, conn.begin():
-            removed = prune_rejections(conn, cutoff)
-        out.print(f"pruned {removed} rejections received before {iso_from_us(cutoff)}")
-        return 0
-    with translated(), engine.connect() as conn:
-        rows = list_rejections(conn, source=args.source, limit=args.limit)
-    table = Table("id", "received at", "source", "reason", "remote", "size", "signature headers")
-    for r in rows:
-        names = [n for n, _ in orjson.loads(r.headers)]
-        signing = [n for n in names if "sign" in n or "hmac" in n or n == "authorization"]
-        table.add_row(
-            str(r.id),
-            iso_from_us(r.received_at_us),
-            r.source,
-            r.reason,
-            r.remote_addr or "",
-            str(r.body_size),
-            ", ".join(signing),
-        )
-    out.print(table)
-    if not rows:
-        err.print("no rejections")
-    return 0
-
-
 # --- parser -----------------------------------------------------------------
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
     """An argparse type: an integer of at least 1 (a negative LIMIT fails on PostgreSQL)."""
     try:
         value = int(text)
@@ -360,17 +184,6 @@ def build_parser(plugins: Sequence[Plugin] = ()) -> argparse.ArgumentParser:
         "--from", dest="start", type=int, default=1, metavar="POS", help="first position"
     )
 
-    p = add("events", cmd_events, "list events, or show one with `events show POS`")
-    p.add_argument("--source", help="only this source")
-    p.add_argument("--type", help="only this event type")
-    p.add_argument("--since", metavar="ISO", help="received at or after this time")
-    p.add_argument("--after", type=int, default=0, metavar="POS", help="positions after POS")
-    p.add_argument("--limit", type=_positive, default=50, help="at most this many (default 50)")
-    ev_sub = p.add_subparsers(dest="events_cmd", metavar="show")
-    show = ev_sub.add_parser("show", parents=[common], help="one event in full")
-    show.add_argument("position", type=int, metavar="POS")
-    show.add_argument("--raw", action="store_true", help="write the exact body bytes to stdout")
-
     p = add("export", cmd_export, "write the log as JSON Lines (SPEC 4.3)")
     p.add_argument("--from", dest="start", type=int, default=1, metavar="POS")
     p.add_argument("--to", dest="stop", type=int, default=None, metavar="POS")
@@ -378,24 +191,9 @@ def build_parser(plugins: Sequence[Plugin] = ()) -> argparse.ArgumentParser:
 
     p = add("import", cmd_import, "load an export into an empty ledger, verifying the chain")
     p.add_argument("file", metavar="FILE", help="JSON Lines export, or - for stdin")
-    p = add("send", cmd_send, "sign FILE the way SOURCE's provider does and POST it (a test tool)")
-    p.add_argument("source", metavar="SOURCE")
-    p.add_argument("file", metavar="FILE", help="the body to send, or - for stdin")
-    p.add_argument("--url", help="endpoint (default http://127.0.0.1:8000/hooks/SOURCE)")
-    p.add_argument("--id", help="event id, for schemes that carry it in a header")
-    p.add_argument("--type", help="event type, for schemes that carry it in a header")
-    p.add_argument("--content-type", default="application/json", help="default application/json")
+    from ledger import audit_cli  # the audit commands, registered like any plugin
 
-    p = add("rejections", cmd_rejections, "list refused deliveries, or prune old ones")
-    p.add_argument("--source", help="only this source")
-    p.add_argument("--limit", type=_positive, default=50, help="at most this many (default 50)")
-    rej_sub = p.add_subparsers(dest="rejections_cmd", metavar="prune")
-    prune = rej_sub.add_parser("prune", parents=[common], help="delete old rejections")
-    prune.add_argument(
-        "--older-than", type=duration, required=True, metavar="AGE", help="e.g. 30d, 12h"
-    )
-
-    for plugin in plugins:
+    for plugin in (audit_cli.register, *plugins):
         plugin(add, common)
     return parser
 
