@@ -8,17 +8,22 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api import audit
 from api import projections as proj_routes
+from api.access_log import AccessLog
 from api.errors import HANDLERS, error_response
 from api.ingest import ingest
+from api.metrics import Metrics
+from api.openapi import openapi
 from ledger import migrate
 from ledger.appender import Appender
 from ledger.config import Config, load_config
@@ -39,6 +44,7 @@ class Services:
     engine: Engine
     appender: Appender
     projectors: dict[str, Projector]
+    metrics: Metrics
     worker: Worker | None = None
 
 
@@ -55,6 +61,11 @@ def startup_warnings(config: Config) -> list[str]:
         if t.value is None
     ]
     return out
+
+
+async def metrics(request: Request) -> Response:
+    body = await run_in_threadpool(request.app.state.hl.metrics.render)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 async def healthz(request: Request) -> Response:
@@ -90,6 +101,8 @@ ROUTES = [
     Route("/v1/projections/{name}/rebuild", proj_routes.rebuild, methods=["POST"]),
     Route("/v1/projections/{name}/retry", proj_routes.retry, methods=["POST"]),
     Route("/healthz", healthz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
 ]
 
@@ -111,14 +124,22 @@ def create_app(
         for warning in startup_warnings(config):
             log.warning(warning)
         worker = Worker(engine, projectors) if run_projectors and projectors else None
-        appender = Appender(engine, on_commit=worker.wake if worker else None)
+        observed = Metrics()
+        observed.watch(engine, projectors)
+
+        def committed(head: int, size: int) -> None:
+            observed.batch_size.observe(size)
+            if worker is not None:
+                worker.wake()
+
+        appender = Appender(engine, on_commit=committed)
         appender.start()
         background = [WorkerThread(worker)] if worker else []
         if worker and engine.dialect.name == "postgresql":
             background.append(PgListener(engine, worker.wake))
         for task in background:
             task.start()
-        app.state.hl = Services(config, engine, appender, projectors, worker)
+        app.state.hl = Services(config, engine, appender, projectors, observed, worker)
         try:
             yield
         finally:
@@ -127,7 +148,10 @@ def create_app(
             await run_in_threadpool(appender.stop)
             engine.dispose()
 
-    return Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers=HANDLERS)
+    middleware = [Middleware(AccessLog)] if config.server.access_log else []
+    return Starlette(
+        routes=ROUTES, lifespan=lifespan, exception_handlers=HANDLERS, middleware=middleware
+    )
 
 
 def app_from_env() -> Starlette:

@@ -18,8 +18,6 @@ from ledger.db import translated
 from ledger.timefmt import iso_from_us
 from ledger.verify import verify_ledger
 
-MAX_POSITION = 2**63 - 1
-
 
 class OrjsonResponse(JSONResponse):
     def render(self, content: Any) -> bytes:
@@ -52,7 +50,7 @@ async def list_events(request: Request) -> Response:
         store.list_events,
         source=request.query_params.get("source") or None,
         event_type=request.query_params.get("type") or None,
-        after=params.integer(request, "after", 0, 0, MAX_POSITION),
+        after=params.integer(request, "after", 0, 0, params.MAX_INT),
         since_us=params.instant(request, "since"),
         until_us=params.instant(request, "until"),
         limit=limit,
@@ -115,7 +113,7 @@ async def ledger(request: Request) -> Response:
 async def verify(request: Request) -> Response:
     require(request, "read")
     params.check_known(request, {"from"})
-    start = params.integer(request, "from", 1, 1, MAX_POSITION)
+    start = params.integer(request, "from", 1, 1, params.MAX_INT)
     result = await run_in_threadpool(verify_ledger, request.app.state.hl.engine, start)
     return OrjsonResponse(result.as_dict())
 
@@ -149,7 +147,7 @@ async def list_rejections(request: Request) -> Response:
         request.app.state.hl,
         store.list_rejections,
         source=request.query_params.get("source") or None,
-        before=params.integer(request, "cursor", None, 1, MAX_POSITION),
+        before=params.integer(request, "cursor", None, 1, params.MAX_INT),
         limit=limit,
     )
     nxt = str(rows[-1].id) if len(rows) == limit else None

@@ -43,8 +43,28 @@ def _too_large(limit: int) -> ApiError:
 
 
 async def ingest(request: Request) -> Response:
+    """Count each delivery by source and outcome, and time it to its acknowledgement."""
     hl = request.app.state.hl
     name = request.path_params["source"]
+    label = name if name in hl.config.sources else "<unknown>"
+    started = time.perf_counter()
+    outcome = "error"
+    try:
+        response, outcome = await _ingest(request, hl, name)
+        return response
+    except ApiError as e:
+        outcome = e.code
+        raise
+    except HookledgerError:
+        outcome = "unavailable"
+        raise
+    finally:
+        hl.metrics.deliveries.labels(label, outcome).inc()
+        if outcome in ("accepted", "duplicate"):
+            hl.metrics.ingest_seconds.labels(label).observe(time.perf_counter() - started)
+
+
+async def _ingest(request: Request, hl, name: str) -> tuple[Response, str]:
     source = hl.config.sources.get(name)
     if source is None:
         raise ApiError(404, "unknown_source", f"no source named {name!r} is configured")
@@ -66,25 +86,25 @@ async def ingest(request: Request) -> Response:
             "source_not_configured",
             f"source {name!r} has no secret: set {source.secret_env}",
             {"Retry-After": "60"},
-        )
+        ), "source_not_configured"
     outcome = decide(source, received, time.time(), server.redact_headers)
     if isinstance(outcome, Rejection):
         await _keep(hl, outcome)
         detail = _DETAILS.get(outcome.reason, "the delivery failed verification")
-        return error_response(401, outcome.reason, detail)
+        return error_response(401, outcome.reason, detail), outcome.reason
     appended = await hl.appender.append(outcome)
     headers = {"Ledger-Position": str(appended.position)}
     challenge = slack_challenge(source, outcome)
     if challenge is not None:  # stored like any delivery, answered the way Slack expects
-        return JSONResponse({"challenge": challenge}, 200, headers)
+        return JSONResponse({"challenge": challenge}, 200, headers), "accepted"
     if appended.duplicate_of is None:
         content = b'{"position":%d,"duplicate":false}' % appended.position
-        return Response(content, 202, headers, "application/json")
+        return Response(content, 202, headers, "application/json"), "accepted"
     content = b'{"position":%d,"duplicate":true,"duplicate_of":%d}' % (
         appended.position,
         appended.duplicate_of,
     )
-    return Response(content, 200, headers, "application/json")
+    return Response(content, 200, headers, "application/json"), "duplicate"
 
 
 async def _keep(hl, rejection: Rejection) -> None:

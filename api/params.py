@@ -8,6 +8,9 @@ from api.errors import ApiError
 from ledger.timefmt import us_from_iso
 
 MAX_LIMIT = 1000
+# The largest position or id a parameter may name: a power of two, so that JSON
+# Schema tools that read numbers as floats see the same bound as we enforce.
+MAX_INT = 2**62
 
 
 def bad(detail: str) -> ApiError:
@@ -23,7 +26,7 @@ def check_known(request: Request, allowed: set[str]) -> None:
 
 def integer(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
     raw = request.query_params.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     digits = raw[1:] if raw.startswith("-") else raw
     if not (digits.isascii() and digits.isdigit()):
@@ -45,7 +48,7 @@ def limit(request: Request, default: int = 100) -> int:
 def instant(request: Request, name: str) -> int | None:
     """An RFC 3339 parameter as microseconds since the epoch."""
     raw = request.query_params.get(name)
-    if not raw:
+    if raw is None:
         return None
     try:
         return us_from_iso(raw)

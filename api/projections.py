@@ -173,7 +173,7 @@ async def list_errors(request: Request) -> Response:
     params.check_known(request, {"limit", "cursor"})
     projector = _projector(request)
     limit = params.limit(request)
-    before = params.integer(request, "cursor", None, 1, 2**63 - 1)
+    before = params.integer(request, "cursor", None, 1, params.MAX_INT)
     e = projection_errors.c
 
     def run(conn):

@@ -32,13 +32,13 @@ class _Waiter:
 
 
 class Appender:
-    """The single writer of one process; `on_commit(head)` runs after each batch."""
+    """The single writer of one process; `on_commit(head, size)` runs after each batch."""
 
     def __init__(
         self,
         engine: Engine,
         max_batch: int = 512,
-        on_commit: Callable[[int], None] | None = None,
+        on_commit: Callable[[int, int], None] | None = None,
     ) -> None:
         self.engine = engine
         self.max_batch = max_batch
@@ -115,7 +115,7 @@ class Appender:
         outcomes = [next(results) if isinstance(w.item, NewEvent) else None for w in batch]
         self._settle(batch, outcomes, None)
         if self.on_commit is not None and appended:
-            self.on_commit(appended[-1].position)
+            self.on_commit(appended[-1].position, len(appended))
 
     def _connection(self) -> Connection:
         if self._conn is None:

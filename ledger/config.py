@@ -26,6 +26,7 @@ class ServerConfig:
 
     max_body_bytes: int = 1_048_576
     redact_headers: frozenset[str] = frozenset({"authorization", "cookie"})
+    access_log: bool = True
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,8 @@ def _parse(data: Mapping[str, Any], file: str, env: Mapping[str, str], path: str
     if max_body < 1:
         srv.fail("max_body_bytes", "must be at least 1")
     redact = srv.strings("redact_headers", sorted(ServerConfig.redact_headers))
-    server = ServerConfig(max_body, frozenset(h.lower() for h in redact))
+    access_log = srv.get("access_log", bool, True)
+    server = ServerConfig(max_body, frozenset(h.lower() for h in redact), access_log)
 
     tokens = []
     for i, raw in enumerate(top.get("tokens", list, [])):

@@ -74,6 +74,11 @@ def describe(conn: Connection, projector: Projector, head: int) -> dict[str, Any
         "rows": count_rows(conn, live.table_name, projector.tombstones) if live else 0,
         "rebuild": progress(building, head) if building is not None else None,
         "last_swap": _last_swap(live),
+        "errors": conn.execute(
+            select(func.count())
+            .select_from(projection_errors)
+            .where(projection_errors.c.name == projector.name)
+        ).scalar(),
         "last_error": None
         if last_error is None
         else {

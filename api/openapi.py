@@ -1,0 +1,445 @@
+"""The OpenAPI 3 document for every route, served at /openapi.json.
+
+Written as data, next to the routes it describes; a test checks that every
+route of the app appears here and schemathesis checks the answers match.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from api.params import MAX_INT
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+def _param(name: str, where: str, schema: dict[str, Any], description: str, required=False):
+    return {
+        "name": name,
+        "in": where,
+        "required": required or where == "path",
+        "schema": schema,
+        "description": description,
+    }
+
+
+STR = {"type": "string"}
+INT = {"type": "integer"}
+NULL_STR = {"type": ["string", "null"]}
+NULL_INT = {"type": ["integer", "null"]}
+POSITION = {"type": "integer", "minimum": 1, "maximum": 999_999_999_999_999_999}
+LIMIT = _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size")
+AUTH = {"401": _error("missing or wrong bearer token"), "403": _error("token lacks the scope")}
+UNAVAILABLE = {"503": _error("the database is unavailable or not migrated; retry later")}
+NOT_FOUND = {"404": _error("no such thing")}
+BAD = {"400": _error("a parameter is malformed or unknown")}
+NAME = _param("name", "path", STR, "projection name")
+WAIT = [
+    _param(
+        "min_position",
+        "query",
+        {"type": "integer", "minimum": 0, "maximum": MAX_INT},
+        "read-your-writes",
+    ),
+    _param("wait", "query", {"type": "number", "minimum": 0, "maximum": 30}, "seconds to wait"),
+]
+
+EVENT_META = {
+    "type": "object",
+    "required": ["position", "source", "received_at", "body_sha256", "hash"],
+    "properties": {
+        "position": INT,
+        "source": STR,
+        "received_at_us": INT,
+        "received_at": STR,
+        "event_id": NULL_STR,
+        "event_type": NULL_STR,
+        "query": STR,
+        "body_sha256": STR,
+        "body_size": NULL_INT,
+        "content_type": NULL_STR,
+        "remote_addr": NULL_STR,
+        "verification": STR,
+        "duplicate_of": NULL_INT,
+        "hash": STR,
+        "secret_index": NULL_INT,
+    },
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error", "detail"],
+        "additionalProperties": False,
+        "properties": {"error": STR, "detail": STR},
+    },
+    "Accepted": {
+        "type": "object",
+        "required": ["position", "duplicate"],
+        "properties": {"position": INT, "duplicate": {"type": "boolean"}, "duplicate_of": INT},
+    },
+    "EventMeta": EVENT_META,
+    "Event": {
+        "allOf": [
+            _ref("EventMeta"),
+            {
+                "type": "object",
+                "properties": {
+                    "headers": {
+                        "type": "array",
+                        "items": {"type": "array", "items": STR, "minItems": 2, "maxItems": 2},
+                    },
+                    "body": NULL_STR,
+                    "body_base64": STR,
+                },
+            },
+        ]
+    },
+    "EventPage": {
+        "type": "object",
+        "required": ["events", "next"],
+        "properties": {"events": {"type": "array", "items": _ref("EventMeta")}, "next": NULL_STR},
+    },
+    "Ledger": {
+        "type": "object",
+        "required": ["head", "head_hash", "count", "sources"],
+        "properties": {
+            "head": INT,
+            "head_hash": STR,
+            "count": INT,
+            "sources": {"type": "object", "additionalProperties": INT},
+        },
+    },
+    "Verify": {
+        "type": "object",
+        "required": ["ok", "checked"],
+        "properties": {
+            "ok": {"type": "boolean"},
+            "checked": INT,
+            "erased": INT,
+            "first_bad_position": INT,
+            "reason": STR,
+        },
+    },
+    "RejectionPage": {
+        "type": "object",
+        "required": ["rejections", "next"],
+        "properties": {
+            "rejections": {"type": "array", "items": {"type": "object"}},
+            "next": NULL_STR,
+        },
+    },
+    "Progress": {
+        "type": "object",
+        "required": ["version", "done", "total", "rate"],
+        "properties": {
+            "version": INT,
+            "reason": NULL_STR,
+            "state": STR,
+            "done": INT,
+            "total": INT,
+            "percent": {"type": "number"},
+            "rate": {"type": "number"},
+            "eta_seconds": {"type": ["number", "null"]},
+            "started_at": STR,
+            "last_error": NULL_STR,
+        },
+    },
+    "Projection": {
+        "type": "object",
+        "required": ["name", "version", "state", "position", "head", "lag", "rows", "rebuild"],
+        "properties": {
+            "name": STR,
+            "kind": STR,
+            "version": NULL_INT,
+            "state": {"enum": ["live", "catching_up", "failed"]},
+            "position": INT,
+            "head": INT,
+            "lag": INT,
+            "rows": INT,
+            "errors": INT,
+            "rebuild": {"oneOf": [_ref("Progress"), {"type": "null"}]},
+            "last_swap": {"type": ["object", "null"]},
+            "last_error": {"type": ["object", "null"]},
+        },
+    },
+    "Rows": {
+        "type": "object",
+        "required": ["rows", "next", "position"],
+        "properties": {
+            "rows": {"type": "array", "items": {"type": "object"}},
+            "next": NULL_STR,
+            "position": INT,
+        },
+    },
+}
+
+
+def _op(summary: str, responses: dict[str, Any], params=(), secured=True, body=None) -> dict:
+    op: dict[str, Any] = {"summary": summary, "parameters": list(params), "responses": responses}
+    if secured:
+        op["security"] = [{"bearer": []}, {}]
+    if body is not None:
+        op["requestBody"] = body
+    return op
+
+
+PATHS: dict[str, dict[str, Any]] = {
+    "/hooks/{source}": {
+        "post": _op(
+            "Deliver a webhook: verified, appended verbatim, acknowledged once durable",
+            {
+                "202": _json(_ref("Accepted"), "appended"),
+                "200": _json({"type": "object"}, "appended; a re-delivery (or Slack's challenge)"),
+                "401": _error("signature missing, wrong, or outside the tolerance"),
+                "404": _error("unknown source"),
+                "413": _error("body larger than max_body_bytes"),
+                "503": _error("source not configured, or the database cannot take the write"),
+            },
+            [_param("source", "path", STR, "the configured source")],
+            secured=False,
+            body={"required": False, "content": {"*/*": {"schema": {}}}},
+        )
+    },
+    "/v1/events": {
+        "get": _op(
+            "The log, oldest first, filtered, with a cursor",
+            {
+                "200": _json(_ref("EventPage"), "a page of event metadata"),
+                **BAD,
+                **AUTH,
+                **UNAVAILABLE,
+            },
+            [
+                _param("source", "query", STR, "only this source"),
+                _param("type", "query", STR, "only this event type"),
+                _param(
+                    "after",
+                    "query",
+                    {"type": "integer", "minimum": 0},
+                    "positions after this (the `next` cursor)",
+                ),
+                _param(
+                    "since",
+                    "query",
+                    {"type": "string", "format": "date-time"},
+                    "received at or after",
+                ),
+                _param(
+                    "until", "query", {"type": "string", "format": "date-time"}, "received before"
+                ),
+                LIMIT,
+            ],
+        )
+    },
+    "/v1/events/{position}": {
+        "get": _op(
+            "One event with its headers and body",
+            {"200": _json(_ref("Event"), "the event"), **NOT_FOUND, **AUTH, **UNAVAILABLE},
+            [_param("position", "path", POSITION, "log position")],
+        )
+    },
+    "/v1/events/{position}/raw": {
+        "get": _op(
+            "The exact body bytes, with the received Content-Type",
+            {
+                "200": {"description": "the body", "content": {"*/*": {"schema": {}}}},
+                "410": _error("the body was erased"),
+                **NOT_FOUND,
+                **AUTH,
+                **UNAVAILABLE,
+            },
+            [_param("position", "path", POSITION, "log position")],
+        )
+    },
+    "/v1/ledger": {
+        "get": _op(
+            "Head, head hash, counts",
+            {"200": _json(_ref("Ledger"), "summary"), **AUTH, **UNAVAILABLE},
+        )
+    },
+    "/v1/ledger/verify": {
+        "post": _op(
+            "Re-compute the hash chain",
+            {"200": _json(_ref("Verify"), "the verdict"), **BAD, **AUTH, **UNAVAILABLE},
+            [
+                _param(
+                    "from",
+                    "query",
+                    {"type": "integer", "minimum": 1, "maximum": MAX_INT},
+                    "first position to check",
+                )
+            ],
+        )
+    },
+    "/v1/rejections": {
+        "get": _op(
+            "Refused deliveries, newest first",
+            {"200": _json(_ref("RejectionPage"), "a page"), **BAD, **AUTH, **UNAVAILABLE},
+            [
+                _param("source", "query", STR, "only this source"),
+                _param(
+                    "cursor",
+                    "query",
+                    {"type": "integer", "minimum": 1, "maximum": MAX_INT},
+                    "the `next` cursor",
+                ),
+                LIMIT,
+            ],
+        )
+    },
+    "/v1/projections": {
+        "get": _op(
+            "Every projection: version, state, position, lag, rows, rebuild progress",
+            {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "projections": {"type": "array", "items": _ref("Projection")}
+                        },
+                    },
+                    "the projections",
+                ),
+                **BAD,
+                **AUTH,
+                **UNAVAILABLE,
+            },
+        )
+    },
+    "/v1/projections/{name}": {
+        "get": _op(
+            "One projection's status",
+            {"200": _json(_ref("Projection"), "status"), **BAD, **NOT_FOUND, **AUTH, **UNAVAILABLE},
+            [NAME, *WAIT],
+        )
+    },
+    "/v1/projections/{name}/rows": {
+        "get": _op(
+            "Rows of the live version; any other parameter is an equality filter on a column",
+            {
+                "200": _json(_ref("Rows"), "a page of rows"),
+                **BAD,
+                **NOT_FOUND,
+                **AUTH,
+                **UNAVAILABLE,
+            },
+            [
+                NAME,
+                _param("sort", "query", STR, "a column, or -column for descending"),
+                _param("cursor", "query", STR, "the `next` cursor"),
+                _param("include_deleted", "query", {"type": "boolean"}, "show tombstones"),
+                LIMIT,
+                *WAIT,
+            ],
+        )
+    },
+    "/v1/projections/{name}/rows/{key}": {
+        "get": _op(
+            "One row by key (composite keys joined with /)",
+            {
+                "200": _json({"type": "object"}, "the row"),
+                **BAD,
+                **NOT_FOUND,
+                **AUTH,
+                **UNAVAILABLE,
+            },
+            [NAME, _param("key", "path", STR, "the key"), *WAIT],
+        )
+    },
+    "/v1/projections/{name}/errors": {
+        "get": _op(
+            "Recorded handler errors, newest first",
+            {"200": _json({"type": "object"}, "errors"), **BAD, **NOT_FOUND, **AUTH, **UNAVAILABLE},
+            [
+                NAME,
+                _param(
+                    "cursor",
+                    "query",
+                    {"type": "integer", "minimum": 1, "maximum": MAX_INT},
+                    "the `next` cursor",
+                ),
+                LIMIT,
+            ],
+        )
+    },
+    "/v1/projections/{name}/rebuild": {
+        "post": _op(
+            "Rebuild beside the live version, then swap (admin)",
+            {
+                "202": _json(_ref("Progress"), "started, or already running"),
+                **BAD,
+                **NOT_FOUND,
+                **AUTH,
+                **UNAVAILABLE,
+            },
+            [NAME],
+        )
+    },
+    "/v1/projections/{name}/retry": {
+        "post": _op(
+            "Resume a projection halted on a handler error (admin)",
+            {
+                "200": _json({"type": "object"}, "resumed"),
+                **BAD,
+                **NOT_FOUND,
+                **AUTH,
+                **UNAVAILABLE,
+            },
+            [NAME],
+        )
+    },
+    "/healthz": {
+        "get": _op("Liveness", {"200": _json({"type": "object"}, "alive")}, secured=False)
+    },
+    "/readyz": {
+        "get": _op(
+            "Database reachable and migrated",
+            {"200": _json({"type": "object"}, "ready"), "503": _error("not ready")},
+            secured=False,
+        )
+    },
+    "/metrics": {
+        "get": _op(
+            "Prometheus metrics",
+            {"200": {"description": "text exposition", "content": {"text/plain": {"schema": STR}}}},
+            secured=False,
+        )
+    },
+    "/openapi.json": {
+        "get": _op(
+            "This document", {"200": _json({"type": "object"}, "OpenAPI 3.1")}, secured=False
+        )
+    },
+}
+
+DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "hookledger",
+        "version": "1",
+        "description": "Webhook ledger: verbatim, hash-chained ingest with rebuildable projections.",
+    },
+    "paths": PATHS,
+    "components": {
+        "schemas": SCHEMAS,
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+    },
+}
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(DOCUMENT)

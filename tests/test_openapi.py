@@ -1,0 +1,65 @@
+"""The OpenAPI document covers every route, and the server's answers match it (schemathesis)."""
+
+from __future__ import annotations
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+
+from api.app import ROUTES
+from api.openapi import DOCUMENT
+from tests.conftest import ServerProcess, write_config
+
+CONFIG = """
+database_url = "sqlite:///DIR/ledger.db"
+[sources.app]
+verifier = "none"
+event_id = "header:X-Event-Id"
+[projections.entities]
+source = "app"
+types = ["data_updated", "data_deleted"]
+key = ["/entity", "/id"]
+object = "/data"
+version = "/version"
+delete_on = ["data_deleted"]
+columns = { name = "/data/name", age = { path = "/data/age", type = "integer" } }
+"""
+
+
+def test_every_route_is_documented_with_its_methods():
+    documented = {
+        (path, method.upper()) for path, ops in DOCUMENT["paths"].items() for method in ops
+    }
+    served = set()
+    for route in ROUTES:
+        path = route.path.replace(":path}", "}")
+        for method in route.methods - {"HEAD"}:
+            served.add((path, method))
+    assert served == documented
+
+
+def test_the_document_is_served(make_client):
+    client = make_client("")
+    assert client.get("/openapi.json").json() == DOCUMENT
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("openapi")
+    path = write_config(directory / "hookledger.toml", CONFIG.replace("DIR", str(directory)))
+    process = ServerProcess(path, {}, workers=1)
+    yield process
+    process.stop()
+
+
+schema = schemathesis.openapi.from_dict(DOCUMENT)
+
+
+@schema.parametrize()
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+def test_answers_match_the_document(case, server):
+    case.call_and_validate(base_url=server.url)
