@@ -209,7 +209,10 @@ async def rebuild(request: Request) -> Response:
 
     def run():
         with translated():
-            row, started = registry.request_rebuild(hl.engine, projector)
+            try:
+                row, started = registry.request_rebuild(hl.engine, projector)
+            except registry.RebuildRefused as e:
+                raise ApiError(409, "rebuild_refused", str(e)) from None
             with hl.engine.connect() as conn:
                 head, _ = read_head(conn)
         return row, started, head

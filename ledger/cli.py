@@ -138,6 +138,45 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_erase(args: argparse.Namespace, config: Config) -> int:
+    import getpass
+
+    from ledger.erase import Criteria, erase, plan
+    from ledger.timefmt import us_from_iso
+
+    before = None
+    if args.before is not None:
+        try:
+            before = us_from_iso(args.before)
+        except ValueError:
+            raise ConfigError(f"--before: expected an ISO 8601 date, got {args.before!r}") from None
+    criteria = Criteria(before, args.source, args.start, args.stop)
+    if criteria == Criteria():
+        raise ConfigError("erase needs at least one of --before, --source, --from, --to")
+    engine = open_engine(config)
+    planned = plan(engine, criteria)
+    if planned.count == 0:
+        out.print("nothing to erase: no stored body matches")
+        return 0
+    err.print(
+        f"this erases {planned.count} bodies (positions {planned.first} to {planned.last}); "
+        "their digests, headers and the chain stay",
+        markup=False,
+    )
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise ConfigError("erasing cannot be undone: pass --yes to confirm")
+        if input("type 'erase' to confirm: ").strip() != "erase":
+            err.print("nothing erased")
+            return 1
+    actor = os.environ.get("HOOKLEDGER_ACTOR") or getpass.getuser()
+    with progress() as bar:
+        task = bar.add_task("erasing", total=planned.count)
+        done = erase(engine, criteria, actor, args.reason, lambda n: bar.advance(task, n))
+    out.print(f"erased {done.count} bodies (recorded as by {actor}); `verify` still passes")
+    return 0
+
+
 # --- parser -----------------------------------------------------------------
 
 
@@ -191,6 +230,14 @@ def build_parser(plugins: Sequence[Plugin] = ()) -> argparse.ArgumentParser:
 
     p = add("import", cmd_import, "load an export into an empty ledger, verifying the chain")
     p.add_argument("file", metavar="FILE", help="JSON Lines export, or - for stdin")
+    p = add("erase", cmd_erase, "erase bodies (retention), keeping digests and the chain intact")
+    p.add_argument("--before", metavar="DATE", help="bodies received before this time")
+    p.add_argument("--source", help="only this source")
+    p.add_argument("--from", dest="start", type=positive_int, metavar="POS")
+    p.add_argument("--to", dest="stop", type=positive_int, metavar="POS")
+    p.add_argument("--reason", help="why, kept with the erasure record")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
     from ledger import audit_cli  # the audit commands, registered like any plugin
 
     for plugin in (audit_cli.register, *plugins):

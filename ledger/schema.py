@@ -82,3 +82,17 @@ rejections = Table(
 )
 
 REJECTION_BODY_BYTES = 64 * 1024
+
+# Who erased which bodies, when and why (retention, a person's right to erasure).
+erasures = Table(
+    "erasures",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("at_us", BigInteger, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("reason", Text),
+    Column("criteria", Text, nullable=False),
+    Column("erased", BigInteger, nullable=False),
+    Column("first_position", BigInteger),
+    Column("last_position", BigInteger),
+)

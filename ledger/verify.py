@@ -15,6 +15,7 @@ from sqlalchemy import Engine, select
 
 from ledger import chain
 from ledger.db import translated
+from ledger.erase import recorded_ranges
 from ledger.schema import events
 from ledger.store import iter_events, read_head
 
@@ -108,4 +109,25 @@ def verify_ledger(
             last = conn.execute(select(events.c.hash).where(events.c.position == head)).scalar()
         if last != head_hash:
             return VerifyResult(False, result.checked, head, "head row does not match the log")
+    if result.ok and result.erased:
+        unrecorded = first_unrecorded_erasure(engine, start)
+        if unrecorded is not None:
+            return VerifyResult(
+                False, result.checked, unrecorded, "body erased without a recorded erasure"
+            )
     return result
+
+
+def first_unrecorded_erasure(engine: Engine, start: int = 1) -> int | None:
+    """The first erased body that no recorded erasure covers, if any."""
+    with translated(), engine.connect() as conn:
+        ranges = recorded_ranges(conn)
+        erased = conn.execute(
+            select(events.c.position)
+            .where(events.c.body.is_(None), events.c.position >= start)
+            .order_by(events.c.position)
+        ).scalars()
+        for position in erased:
+            if not any(a <= position <= b for a, b in ranges):
+                return position
+    return None

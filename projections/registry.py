@@ -28,6 +28,8 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 
 from ledger.db import writer
+from ledger.errors import HookledgerError
+from ledger.schema import events
 from ledger.store import read_head
 from projections.projector import Projector
 from projections.schema import projection_errors, projection_leases, projection_versions
@@ -64,8 +66,35 @@ def active(conn: Connection, name: str) -> tuple[Row | None, Row | None]:
     return live, building
 
 
+class RebuildRefused(HookledgerError):
+    """Raised when a projection cannot be rebuilt faithfully (its events' bodies were erased)."""
+
+
+def erased_inputs(conn: Connection, projector: Projector) -> tuple[int, int | None, int | None]:
+    """How many events this projection reads have erased bodies (count, first, last)."""
+    c = events.c
+    query = select(func.count(), func.min(c.position), func.max(c.position)).where(
+        c.body.is_(None), c.duplicate_of.is_(None)
+    )
+    if projector.source is not None:
+        query = query.where(c.source == projector.source)
+    if projector.types is not None:
+        query = query.where(c.event_type.in_(projector.types))
+    count, first, last = conn.execute(query).one()
+    return count, first, last
+
+
 def create_version(conn: Connection, projector: Projector, reason: str) -> Row:
-    """Create the next version's table and registry row (status building) in `conn`'s txn."""
+    """Create the next version's table and registry row (status building) in `conn`'s txn.
+
+    Refuses (RebuildRefused) when events the projection reads have erased
+    bodies: a rebuild would silently diverge from the live version."""
+    count, first, last = erased_inputs(conn, projector)
+    if count:
+        raise RebuildRefused(
+            f"cannot build {projector.name}: {count} of the events it reads have erased bodies "
+            f"(positions {first} to {last}); a rebuild would silently differ from the live version"
+        )
     latest = conn.execute(select(func.max(V.c.version)).where(V.c.name == projector.name)).scalar()
     version = (latest or 0) + 1
     name = table_name(projector.name, version)

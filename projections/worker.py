@@ -124,12 +124,16 @@ class Worker:
     def work(self, projector: Projector) -> bool:
         """Advance the live and building versions of one projection; swap when ready."""
         if projector.name not in self._ensured:
-            created = registry.ensure_current(self.engine, projector)
+            try:
+                created = registry.ensure_current(self.engine, projector)
+            except registry.RebuildRefused as e:
+                log.error("%s", e)  # the live version (if any) keeps serving
+                created = None
+            self._ensured.add(projector.name)
             if created is not None:
                 log.info(
                     "%s: building version %d (%s)", projector.name, created.version, created.reason
                 )
-            self._ensured.add(projector.name)
         with self.engine.connect() as conn:
             live, building = registry.active(conn, projector.name)
             head, _ = read_head(conn)

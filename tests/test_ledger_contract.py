@@ -80,7 +80,7 @@ def test_duplicates_point_at_the_first_delivery(engine):
     "statement",
     [
         "UPDATE events SET source = 'forged' WHERE position = 1",
-        "UPDATE events SET body = NULL",
+        "UPDATE events SET body = NULL, event_type = 'forged'",
         "DELETE FROM events WHERE position = 1",
         "DELETE FROM events",
     ],
