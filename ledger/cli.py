@@ -19,8 +19,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ledger.config import Config, load_config
 from ledger.errors import ConfigError, HookledgerError
 
+# Piped output is not cut to 80 columns: tables stay whole for grep and files.
+_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 1000
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False)
+out = Console(highlight=False, width=_WIDTH)
 
 LOOPBACK_NAMES = {"localhost"}
 

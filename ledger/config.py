@@ -218,8 +218,8 @@ def _source(file: str, name: str, raw: Mapping[str, Any], env: Mapping[str, str]
     if secret_env and env.get(secret_env):
         secrets = tuple(s.strip() for s in env[secret_env].split(",") if s.strip())
     tolerance = r.get("tolerance_seconds", int, 300)
-    if tolerance < 0:
-        r.fail("tolerance_seconds", "must not be negative")
+    if tolerance < 1:
+        r.fail("tolerance_seconds", "must be at least 1 (clocks and networks are not instant)")
     header = r.get("signature_header", str)
     if scheme.needs_header and not header:
         r.fail("signature_header", f"is required by verifier {verifier!r}")

@@ -6,8 +6,10 @@ scheme that verifies them, so what `send` signs the server accepts.
 
 from __future__ import annotations
 
+import http.client
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
@@ -48,14 +50,23 @@ def signed_request(
         event_id=event_id,
         event_type=event_type,
     )
+    present = {name.lower() for name, _ in headers}
     for spec, value in ((source.event_id, event_id), (source.event_type, event_type)):
         if value is not None and spec and spec.startswith("header:"):
-            headers.append((spec[len("header:") :], value))
+            name = spec[len("header:") :]
+            if name.lower() not in present:  # the scheme may already send it (GitHub)
+                headers.append((name, value))
     return [("Content-Type", content_type), *headers], query
 
 
 def post(url: str, body: bytes, headers: list[tuple[str, str]], timeout: float = 30) -> Reply:
     """POST and return the answer, whatever its status."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise HookledgerError(f"not an http:// or https:// URL: {url!r}")
     request = urllib.request.Request(url, data=body, method="POST")
     for name, value in headers:
         request.add_header(name, value)
@@ -67,3 +78,5 @@ def post(url: str, body: bytes, headers: list[tuple[str, str]], timeout: float =
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise HookledgerError(f"cannot reach {url}: {reason}") from None
+    except http.client.HTTPException as e:  # something answered, but not in HTTP
+        raise HookledgerError(f"no HTTP answer from {url}: {type(e).__name__}: {e}") from None
