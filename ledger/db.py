@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import orjson
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
 
@@ -29,11 +30,16 @@ def normalize_url(url: str) -> str:
 def make_engine(url: str, pool_size: int = 5) -> Engine:
     """An engine configured for the ledger's durability and locking rules."""
     url = normalize_url(url)
+    json = {"json_serializer": _dumps, "json_deserializer": orjson.loads}
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False})
+        engine = create_engine(url, connect_args={"check_same_thread": False}, **json)
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=10, pool_pre_ping=True)
+    return create_engine(url, pool_size=pool_size, max_overflow=10, pool_pre_ping=True, **json)
+
+
+def _dumps(value: object) -> str:
+    return orjson.dumps(value).decode()
 
 
 def _configure_sqlite(engine: Engine) -> None:

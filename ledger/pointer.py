@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 MISSING = object()
 
 
-def resolve(doc: Any, pointer: str) -> Any:
-    """The value at `pointer` in `doc`, or MISSING when any step is absent."""
+@functools.lru_cache(maxsize=1024)
+def tokens(pointer: str) -> tuple[str, ...]:
+    """A pointer's reference tokens, unescaped (parsed once per distinct pointer)."""
     if pointer == "":
-        return doc
+        return ()
     if not pointer.startswith("/"):
         raise ValueError(f"JSON Pointer must start with '/': {pointer!r}")
+    return tuple(t.replace("~1", "/").replace("~0", "~") for t in pointer[1:].split("/"))
+
+
+def resolve(doc: Any, pointer: str) -> Any:
+    """The value at `pointer` in `doc`, or MISSING when any step is absent."""
     node = doc
-    for token in pointer[1:].split("/"):
-        token = token.replace("~1", "/").replace("~0", "~")
+    for token in tokens(pointer):
         if isinstance(node, dict):
-            if token not in node:
+            node = node.get(token, MISSING)
+            if node is MISSING:
                 return MISSING
-            node = node[token]
         elif isinstance(node, list):
             if not token.isdigit() or (token != "0" and token.startswith("0")):
                 return MISSING

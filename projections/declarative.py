@@ -258,17 +258,36 @@ def apply_event(
     return RowState(key, columns, data, version, event.position, deleted=False)
 
 
+def keys_of(defn: Definition, events: Sequence[Event]) -> list[tuple[str, ...] | HandlerError]:
+    """Each event's row key, or the HandlerError it raises (computed once per batch)."""
+    out: list[tuple[str, ...] | HandlerError] = []
+    for event in events:
+        try:
+            out.append(event_key(defn, event))
+        except HandlerError as e:
+            out.append(e)
+    return out
+
+
 def fold(
-    defn: Definition, events: Sequence[Event], current: Mapping[tuple[str, ...], RowState]
+    defn: Definition,
+    events: Sequence[Event],
+    current: Mapping[tuple[str, ...], RowState],
+    keys: Sequence[tuple[str, ...] | HandlerError] | None = None,
 ) -> FoldResult:
-    """Apply `events` in order over `current`; only changed rows are returned."""
+    """Apply `events` in order over `current`; only changed rows are returned.
+
+    `keys`, when given, are `keys_of(defn, events)`."""
     changed: dict[tuple[str, ...], RowState] = {}
     errors: list[tuple[int, str]] = []
-    for event in events:
+    if keys is None:
+        keys = keys_of(defn, events)
+    for event, key in zip(events, keys, strict=True):
         if event.duplicate_of is not None or not defn.matches_type(event.event_type):
             continue
         try:
-            key = event_key(defn, event)
+            if isinstance(key, HandlerError):
+                raise key
             row = changed.get(key) or current.get(key)
             new = apply_event(defn, event, key, row)
         except HandlerError as e:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import traceback
 from collections.abc import Mapping, Sequence
@@ -21,12 +20,11 @@ from sqlalchemy import (
     Text,
     bindparam,
     select,
-    tuple_,
 )
 
 from ledger.config import Config
 from ledger.errors import ConfigError
-from projections.declarative import Definition, HandlerError, RowState, event_key, fold
+from projections.declarative import Definition, HandlerError, RowState, fold, keys_of
 from projections.model import Event
 from projections.python import Projection, load_class
 
@@ -107,12 +105,9 @@ class DeclarativeProjector(Projector):
 
     def apply(self, conn: Connection, table: Table, events: Sequence[Event]) -> Outcome:
         wanted = [e for e in events if self.wants(e)]
-        keys: set[tuple[str, ...]] = set()
-        for event in wanted:
-            with contextlib.suppress(HandlerError):  # fold records it in its place
-                keys.add(event_key(self.definition, event))
-        current = self.load(conn, table, keys)
-        result = fold(self.definition, wanted, current)
+        keys = keys_of(self.definition, wanted)
+        current = self.load(conn, table, {k for k in keys if not isinstance(k, HandlerError)})
+        result = fold(self.definition, wanted, current, keys)
         self.write(conn, table, result.rows.values(), current)
         return Outcome([(p, m, None) for p, m in result.errors], result.halted_at)
 
@@ -126,14 +121,14 @@ class DeclarativeProjector(Projector):
         ordered = sorted(keys)
         for i in range(0, len(ordered), KEY_CHUNK):
             chunk = ordered[i : i + KEY_CHUNK]
-            cond = (
-                key_cols[0].in_([k[0] for k in chunk])
-                if len(key_cols) == 1
-                else tuple_(*key_cols).in_(chunk)
-            )
-            for row in conn.execute(select(table).where(cond)):
+            # One IN list per key column, then an exact filter here: both databases
+            # search the primary key this way, while a row-value IN scans on SQLite.
+            conds = [col.in_(sorted({k[n] for k in chunk})) for n, col in enumerate(key_cols)]
+            for row in conn.execute(select(table).where(*conds)):
                 m = row._mapping
                 key = tuple(m[k] for k in d.key_columns)
+                if key not in keys:
+                    continue
                 found[key] = RowState(
                     key=key,
                     columns={c: m[c] for c in d.column_names},

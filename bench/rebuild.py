@@ -1,0 +1,224 @@
+"""Rebuild a declarative projection over N generated events, next to a hand-written loop.
+
+Both run on the same database in the same run: the hand loop reads every
+body in position order, parses it with orjson and upserts its object by key,
+event by event, in large transactions (what a careful engineer would write
+by hand); hookledger's `rebuild` does the same work through the engine.
+Each runs in its own process so its peak memory is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+from sqlalchemy import text
+
+from ledger import chain, migrate
+from ledger.config import Config
+from ledger.db import make_engine, writer
+from ledger.schema import events, ledger_head
+
+KEYS = 100_000
+CHUNK = 10_000
+PROJECTION = {
+    "source": "app",
+    "types": ["data_updated", "data_deleted"],
+    "key": ["/entity", "/id"],
+    "object": "/data",
+    "version": "/version",
+    "delete_on": ["data_deleted"],
+    "columns": {"name": "/data/name", "n": {"path": "/data/n", "type": "integer"}},
+}
+PAD = "x" * 900  # ~1 KiB bodies
+
+
+def body(i: int) -> bytes:
+    kind = "data_deleted" if i % 50 == 49 else "data_updated"
+    key = (i * 7919) % KEYS
+    doc = {
+        "event_type": kind,
+        "entity": "customer",
+        "id": str(key),
+        "version": i // KEYS + 1,
+        "data": {"name": f"customer {key}", "n": i, "pad": PAD},
+    }
+    return orjson.dumps(doc)
+
+
+def generate(url: str, count: int) -> None:
+    """Write `count` chained events straight into the log (as import would)."""
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    previous = chain.GENESIS
+    headers = '[["content-type","application/json"]]'
+    start = time.time_ns() // 1000
+    with writer(engine.connect()) as conn:
+        for first in range(0, count, CHUNK):
+            rows = []
+            for i in range(first, min(first + CHUNK, count)):
+                b = body(i)
+                digest = hashlib.sha256(b).digest()
+                kind = "data_deleted" if i % 50 == 49 else "data_updated"
+                position = i + 1
+                previous = chain.link(
+                    previous,
+                    chain.record(position, start + i, "app", None, kind, "", headers, digest),
+                )
+                rows.append(
+                    {
+                        "position": position,
+                        "source": "app",
+                        "received_at_us": start + i,
+                        "event_id": None,
+                        "event_type": kind,
+                        "query": "",
+                        "headers": headers,
+                        "body": b,
+                        "body_sha256": digest.hex(),
+                        "content_type": "application/json",
+                        "remote_addr": None,
+                        "verification": "unverified",
+                        "duplicate_of": None,
+                        "hash": previous.hex(),
+                        "secret_index": None,
+                    }
+                )
+            with conn.begin():
+                conn.execute(events.insert(), rows)
+        with conn.begin():
+            conn.execute(
+                ledger_head.update().values(position=count, hash=previous.hex())
+            )
+    engine.dispose()
+
+
+def hand_loop(url: str) -> dict:
+    """Read, parse, upsert event by event in 10k-event transactions."""
+    engine = make_engine(url)
+    dialect = engine.dialect.name
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS hand_entities"))
+        conn.execute(
+            text(
+                "CREATE TABLE hand_entities (entity TEXT, id TEXT, name TEXT, n BIGINT, "
+                "data TEXT, version TEXT, position BIGINT, deleted BOOLEAN, "
+                "PRIMARY KEY (entity, id))"
+            )
+        )
+    upsert = text(
+        "INSERT INTO hand_entities VALUES (:entity, :id, :name, :n, :data, :version, :position, "
+        ":deleted) ON CONFLICT (entity, id) DO UPDATE SET name = excluded.name, n = excluded.n, "
+        "data = excluded.data, version = excluded.version, position = excluded.position, "
+        "deleted = excluded.deleted"
+    )
+    started = time.perf_counter()
+    after, done = 0, 0
+    with writer(engine.connect()) as conn:
+        while True:
+            rows = conn.execute(
+                text(
+                    "SELECT position, event_type, body FROM events WHERE position > :a "
+                    "ORDER BY position LIMIT :n"
+                ),
+                {"a": after, "n": CHUNK},
+            ).all()
+            conn.commit()
+            if not rows:
+                break
+            with conn.begin():
+                for position, kind, raw in rows:
+                    doc = orjson.loads(raw)
+                    data = doc["data"]
+                    conn.execute(
+                        upsert,
+                        {
+                            "entity": doc["entity"],
+                            "id": doc["id"],
+                            "name": data.get("name"),
+                            "n": data.get("n"),
+                            "data": orjson.dumps(data).decode(),
+                            "version": str(doc["version"]),
+                            "position": position,
+                            "deleted": kind == "data_deleted",
+                        },
+                    )
+            done += len(rows)
+            after = rows[-1][0]
+    seconds = time.perf_counter() - started
+    engine.dispose()
+    return {"events": done, "seconds": seconds, "dialect": dialect}
+
+
+def hookledger_rebuild(url: str) -> dict:
+    """Build the projection from position 1 through the engine (as `hookledger rebuild`)."""
+    from projections import registry
+    from projections.projector import load_projectors
+    from projections.worker import Worker
+
+    engine = make_engine(url)
+    projectors = load_projectors(Config(path="bench", projections={"entities": PROJECTION}))
+    started = time.perf_counter()
+    worker = Worker(engine, projectors, owner="bench")
+    while worker.run_once():
+        pass
+    seconds = time.perf_counter() - started
+    with engine.connect() as conn:
+        live, _ = registry.active(conn, "entities")
+        rows = conn.execute(text("SELECT count(*) FROM entities")).scalar()
+    engine.dispose()
+    return {"events": live.position, "seconds": seconds, "rows": rows}
+
+
+def child(kind: str, url: str) -> None:
+    result = hand_loop(url) if kind == "hand" else hookledger_rebuild(url)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+def measure(kind: str, url: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.rebuild", "--child", kind, "--url", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.rebuild", description=__doc__)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--url", help="database URL (default: a SQLite file in a temp dir)")
+    parser.add_argument("--child", choices=["hand", "engine"], help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child, args.url)
+        return 0
+    url = args.url or f"sqlite:///{tempfile.mkdtemp(prefix='hl-rebuild-')}/ledger.db"
+    t0 = time.perf_counter()
+    generate(url, args.events)
+    print(f"generated {args.events:,} events in {time.perf_counter() - t0:.1f}s ({url})")
+    hand = measure("hand", url)
+    engine = measure("engine", url)
+    for name, r in (("hand loop", hand), ("hookledger", engine)):
+        rate = r["events"] / r["seconds"]
+        print(f"{name:>11}: {r['events']:,} events in {r['seconds']:.1f}s = {rate:,.0f}/s, peak RSS {r['peak_rss_mb']:.0f} MB")
+    ratio = (engine["events"] / engine["seconds"]) / (hand["events"] / hand["seconds"])
+    print(f"ratio hookledger / hand loop: {ratio:.2f}")
+    print(json.dumps({"hand": hand, "engine": engine, "ratio": ratio, "events": args.events}))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    sys.exit(main())
