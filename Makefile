@@ -16,11 +16,17 @@ run: $(VENV)/.installed
 	mkdir -p data
 	$(VENV)/bin/hookledger serve --config examples/hookledger.toml --port $(PORT)
 
-# Debian packages the tests need: a PostgreSQL server (initdb, pg_ctl).
+# Debian packages the tests need: a PostgreSQL server (initdb, pg_ctl) and Chromium for the
+# console's browser tests (driven by Playwright with executable_path=/usr/bin/chromium).
 sysdeps:
-	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
-		echo "installing PostgreSQL from Debian"; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
+	@pkgs=""; \
+	if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		pkgs="$$pkgs postgresql"; \
+	fi; \
+	if [ ! -x /usr/bin/chromium ]; then pkgs="$$pkgs chromium"; fi; \
+	if [ -n "$$pkgs" ]; then \
+		echo "installing$$pkgs from Debian"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$pkgs; \
 	fi
 
 test: sysdeps $(VENV)/.installed
@@ -35,6 +41,13 @@ lint: $(VENV)/.installed
 format: $(VENV)/.installed
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# Ingest throughput (docs/performance.md): wrk against hookledger and a bare Starlette
+# ceiling, then a py-spy profile. Installs Debian's wrk and py-spy when missing.
+bench: $(VENV)/.installed
+	@command -v wrk >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; }
+	@test -x $(VENV)/bin/py-spy || $(VENV)/bin/pip install --quiet py-spy
+	$(PY) -m bench ingest --duration 10 --connections 64 --output docs/performance.md
 
 clean:
 	rm -rf $(VENV) data build *.egg-info

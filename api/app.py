@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import audit
+from api import audit, console
 from api import projections as proj_routes
 from api.access_log import AccessLog
 from api.errors import HANDLERS, error_response
@@ -149,9 +149,14 @@ def create_app(
             engine.dispose()
 
     middleware = [Middleware(AccessLog)] if config.server.access_log else []
-    return Starlette(
-        routes=ROUTES, lifespan=lifespan, exception_handlers=HANDLERS, middleware=middleware
+    app = Starlette(
+        routes=[*ROUTES, *console.ROUTES],  # /ui: HTML pages with their own error pages
+        lifespan=lifespan,
+        exception_handlers=HANDLERS,
+        middleware=middleware,
     )
+    console.install(app)
+    return app
 
 
 def app_from_env() -> Starlette:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
 from collections.abc import Callable, Sequence
 
+from api.console import KEY_ENV as CONSOLE_KEY_ENV
 from ledger import cli as ledger_cli
 from ledger.cli import err, is_loopback
 from ledger.config import Config
@@ -46,6 +48,8 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     os.environ["HOOKLEDGER_DATABASE_URL"] = config.database_url
     if args.no_projector:
         os.environ["HOOKLEDGER_NO_PROJECTOR"] = "1"
+    # One console signing key for all worker processes of this server, new at each start.
+    os.environ[CONSOLE_KEY_ENV] = secrets.token_hex(32)
     workers = "no projectors" if args.no_projector or not projectors else "projectors in-process"
     err.print(
         f"hookledger serving on http://{args.host}:{args.port} (database {where}; {workers})",

@@ -1,0 +1,70 @@
+"""The web console (SPEC 8): server-rendered pages under /ui for people, beside the JSON API.
+
+Readable without JavaScript; a small script adds the live tail and live progress.
+Everything it needs (templates, CSS, JS) is served from this package: no CDN.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from starlette.applications import Starlette
+from starlette.middleware.exceptions import ExceptionMiddleware
+from starlette.routing import Mount, Route, request_response
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp
+
+from api.console import chain, event_log, event_view, projection_pages, signin, templating
+from api.console.session import PREFIX
+
+KEY_ENV = "HOOKLEDGER_CONSOLE_KEY"  # set by `serve` for its workers; never configured by hand
+
+
+@dataclass
+class ConsoleState:
+    """Per-process console state: the session signing key and the last chain check."""
+
+    key: bytes = field(default_factory=lambda: _shared_key() or os.urandom(32))
+    verify: chain.VerifyRun = field(default_factory=chain.VerifyRun)
+
+
+def _shared_key() -> bytes | None:
+    """The key `serve` hands its worker processes, so a session works on any of them."""
+    value = os.environ.get(KEY_ENV)
+    return bytes.fromhex(value) if value else None
+
+
+def install(app: Starlette) -> None:
+    """Give `app` its signing key (sessions end when the server restarts)."""
+    app.state.console = ConsoleState()
+
+
+def _html_errors(app: ASGIApp) -> ASGIApp:
+    """Errors under /ui are HTML pages (the API's handlers answer JSON everywhere else)."""
+    return ExceptionMiddleware(app, handlers=templating.HANDLERS)
+
+
+def _page(path: str, endpoint: Callable, methods: tuple[str, ...] = ("GET",)) -> Route:
+    # A full path (not a Mount), so access logs name the console's own route templates.
+    return Route(PREFIX + path, _html_errors(request_response(endpoint)), methods=list(methods))
+
+
+ROUTES = [
+    _page("/", event_log.log_page),
+    _page("/tail", event_log.tail),
+    _page("/events/{position}", event_view.event_page),
+    _page("/events/{position}/raw", event_view.raw),
+    _page("/projections", projection_pages.index),
+    _page("/projections.json", projection_pages.status_json),
+    _page("/projections/{name}", projection_pages.detail),
+    _page("/projections/{name}/rebuild", projection_pages.rebuild, ("POST",)),
+    _page("/chain", chain.page),
+    _page("/chain.json", chain.status_json),
+    _page("/chain/verify", chain.verify, ("POST",)),
+    _page("/login", signin.login, ("GET", "POST")),
+    _page("/logout", signin.logout, ("GET", "POST")),
+    Mount(PREFIX + "/static", _html_errors(StaticFiles(directory=templating.STATIC))),
+    _page("/{rest:path}", templating.not_found, ("GET", "POST", "PUT", "PATCH", "DELETE")),
+]
