@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import orjson
 from sqlalchemy import text
@@ -96,9 +95,7 @@ def generate(url: str, count: int) -> None:
             with conn.begin():
                 conn.execute(events.insert(), rows)
         with conn.begin():
-            conn.execute(
-                ledger_head.update().values(position=count, hash=previous.hex())
-            )
+            conn.execute(ledger_head.update().values(position=count, hash=previous.hex()))
     engine.dispose()
 
 
@@ -212,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     engine = measure("engine", url)
     for name, r in (("hand loop", hand), ("hookledger", engine)):
         rate = r["events"] / r["seconds"]
-        print(f"{name:>11}: {r['events']:,} events in {r['seconds']:.1f}s = {rate:,.0f}/s, peak RSS {r['peak_rss_mb']:.0f} MB")
+        print(
+            f"{name:>11}: {r['events']:,} events in {r['seconds']:.1f}s = {rate:,.0f}/s, peak RSS {r['peak_rss_mb']:.0f} MB"
+        )
     ratio = (engine["events"] / engine["seconds"]) / (hand["events"] / hand["seconds"])
     print(f"ratio hookledger / hand loop: {ratio:.2f}")
     print(json.dumps({"hand": hand, "engine": engine, "ratio": ratio, "events": args.events}))
