@@ -72,7 +72,7 @@ async def _wait_for(request: Request, projector: Projector) -> None:
     raw = request.query_params.get("min_position") or request.headers.get("ledger-min-position")
     if raw is None:
         return
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19:  # int() refuses "²"
         raise params.bad(f"min_position must be a non-negative integer, got {raw!r}")
     wanted = int(raw)
     wait = request.query_params.get("wait")

@@ -12,9 +12,9 @@ import orjson
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ledger.cli import err, out
+from ledger.cli import err, open_engine, out
 from ledger.config import Config
-from ledger.db import make_engine, translated
+from ledger.db import translated
 from ledger.errors import ConfigError
 from ledger.store import read_head
 from projections import registry
@@ -38,7 +38,7 @@ def cmd_project(args: argparse.Namespace, config: Config) -> int:
     projectors = _projectors(config, args.only)
     if not projectors:
         raise ConfigError(f"{config.path or '<defaults>'}: no [projections.*] are configured")
-    engine = make_engine(config.database_url)
+    engine = open_engine(config)
     worker = Worker(engine, projectors, idle_poll=0.25)
     listener = PgListener(engine, worker.wake) if engine.dialect.name == "postgresql" else None
     stopping = threading.Event()
@@ -61,11 +61,14 @@ def cmd_project(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
     projectors = _projectors(config)
-    engine = make_engine(config.database_url)
+    engine = open_engine(config)
     entries = status(engine, projectors)
-    table = Table(
-        "name", "version", "state", "position", "head", "lag", "rows", "rebuild", "last error"
-    )
+    table = Table()
+    for header in ("name", "version", "state", "position", "head", "lag", "rows"):
+        # never cut these to fit a narrow (or piped, 80-column) output: wrap the rest instead
+        table.add_column(header, no_wrap=True)
+    table.add_column("rebuild")
+    table.add_column("last error")
     for e in entries:
         rebuild = e["rebuild"]
         table.add_row(
@@ -89,7 +92,7 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_rebuild(args: argparse.Namespace, config: Config) -> int:
     projector = _projectors(config, [args.name])[args.name]
-    engine = make_engine(config.database_url)
+    engine = open_engine(config)
     with translated():
         row, started = registry.request_rebuild(engine, projector)
     word = "started" if started else "already running"
@@ -152,7 +155,7 @@ def _diff(row) -> str:
 
 def cmd_retry(args: argparse.Namespace, config: Config) -> int:
     projector = _projectors(config, [args.name])[args.name]
-    engine = make_engine(config.database_url)
+    engine = open_engine(config)
     with translated():
         resumed = registry.retry(engine, projector.name)
     if resumed:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ from sqlalchemy import (
     select,
     tuple_,
 )
+from sqlalchemy.exc import NoSuchTableError
 
 from projections import registry
 
@@ -59,10 +61,21 @@ class LiveView:
 
 def live_view(conn: Connection, name: str) -> LiveView:
     """Reflect the live version (its columns may predate the current definition)."""
-    live, _ = registry.active(conn, name)
-    if live is None:
-        raise NotBuilt(name)
-    physical = Table(live.table_name, MetaData(), autoload_with=conn)
+    # On PostgreSQL each statement sees the commits made before it, so a swap may drop the
+    # version's table while it is reflected (an error, or a table without its primary key).
+    # The swap moves the registry in the same transaction: if the registry still names the
+    # same version after the reflection, the reflection saw the whole table.
+    for _ in range(5):
+        live, _ = registry.active(conn, name)
+        if live is None:
+            raise NotBuilt(name)
+        with contextlib.suppress(NoSuchTableError):
+            physical = Table(live.table_name, MetaData(), autoload_with=conn)
+            again, _ = registry.active(conn, name)
+            if again is not None and again.version == live.version:
+                break
+    else:
+        raise NotBuilt(name)  # swapping again and again: the caller answers "retry"
     view = Table(
         name,
         MetaData(),
@@ -86,7 +99,10 @@ def coerce(column: Column, raw: str) -> Any:
                 return False
             raise ValueError(raw)
         if isinstance(kind, Integer | BigInteger):
-            return int(raw)
+            value = int(raw)
+            if not -(2**63) <= value < 2**63:
+                raise ValueError(raw)  # the database would refuse it with an error, not a 400
+            return value
         if isinstance(kind, Float):
             return float(raw)
     except ValueError:
@@ -132,6 +148,16 @@ def decode_cursor(cursor: str, sort: str, view: LiveView) -> tuple[Any, list[Any
     return doc.get("v"), doc["k"]
 
 
+def _cursor_value(column: Column, value: Any) -> Any:
+    """A value from a cursor, typed like its column (a tampered one is a malformed cursor)."""
+    if value is None:
+        raise QueryError("cursor is malformed")
+    try:
+        return coerce(column, value if isinstance(value, str) else str(value))
+    except QueryError:
+        raise QueryError("cursor is malformed or belongs to another sort order") from None
+
+
 def select_rows(
     conn: Connection,
     view: LiveView,
@@ -158,16 +184,20 @@ def select_rows(
         raise QueryError(f"cannot sort on {sort_name!r} (it is a JSON document)")
     keys = [t.c[k] for k in view.key_columns]
     key_tuple = keys[0] if len(keys) == 1 else tuple_(*keys)
+    # sorting on the first key column is the key order; any other column (a later key
+    # column included) sorts first, with the key as the tie-break
+    by_column = bool(sort_name) and sort_name != view.key_columns[0]
     order = []
-    if sort_name and sort_name not in view.key_columns:
+    if by_column:
         col = t.c[sort_name]
         order.append(col.desc().nulls_last() if descending else col.asc().nulls_first())
     order += [k.desc() if descending else k.asc() for k in keys]
     if cursor:
         value, last_keys = decode_cursor(cursor, sort, view)
+        last_keys = [_cursor_value(k, v) for k, v in zip(keys, last_keys, strict=True)]
         last_key = last_keys[0] if len(keys) == 1 else tuple_(*last_keys)
         after_keys = key_tuple < last_key if descending else key_tuple > last_key
-        if sort_name and sort_name not in view.key_columns:
+        if by_column:
             col = t.c[sort_name]
             if value is None:
                 where.append(
@@ -176,7 +206,7 @@ def select_rows(
                     else or_(and_(col.is_(None), after_keys), col.is_not(None))
                 )
             else:
-                value = coerce(col, str(value)) if not isinstance(value, str) else value
+                value = _cursor_value(col, value)
                 beyond = col < value if descending else col > value
                 tie = and_(col == value, after_keys)
                 where.append(or_(beyond, tie, col.is_(None)) if descending else or_(beyond, tie))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, MetaData, Row, Table, func, select
+from sqlalchemy import Connection, Engine, Row, column, func, select, table
 
 from ledger.db import translated
 from ledger.store import read_head
@@ -38,11 +38,13 @@ def progress(row: Row, head: int, now_us: int | None = None) -> dict[str, Any]:
     }
 
 
-def count_rows(conn: Connection, table_name: str, tombstones: bool) -> int:
-    table = Table(table_name, MetaData(), autoload_with=conn)
-    query = select(func.count()).select_from(table)
-    if tombstones and "deleted" in table.c:
-        query = query.where(table.c.deleted.is_(False))
+def count_rows(conn: Connection, name: str, tombstones: bool) -> int:
+    """Rows of the live version, counted through the projection's view: a swap may drop
+    the old physical table at any instant (PostgreSQL reads are not one snapshot)."""
+    view = table(name, column("deleted"))
+    query = select(func.count()).select_from(view)
+    if tombstones:
+        query = query.where(view.c.deleted.is_(False))
     return conn.execute(query).scalar() or 0
 
 
@@ -71,7 +73,7 @@ def describe(conn: Connection, projector: Projector, head: int) -> dict[str, Any
         "position": position,
         "head": head,
         "lag": head - position,
-        "rows": count_rows(conn, live.table_name, projector.tombstones) if live else 0,
+        "rows": count_rows(conn, projector.name, projector.tombstones) if live else 0,
         "rebuild": progress(building, head) if building is not None else None,
         "last_swap": _last_swap(live),
         "errors": conn.execute(
