@@ -357,7 +357,12 @@ PATHS: dict[str, dict[str, Any]] = {
                 **AUTH,
                 **UNAVAILABLE,
             },
-            [NAME, _param("key", "path", STR, "the key"), *WAIT],
+            [
+                NAME,
+                _param("key", "path", STR, "the key"),
+                _param("include_deleted", "query", {"type": "boolean"}, "show a tombstone"),
+                *WAIT,
+            ],
         )
     },
     "/v1/projections/{name}/errors": {

@@ -102,10 +102,25 @@ async def _wait_for(request: Request, projector: Projector) -> None:
         await asyncio.sleep(0.02)
 
 
+def _flag(request: Request, name: str) -> bool:
+    raw = request.query_params.get(name, "false").lower()
+    if raw not in ("true", "false", "1", "0"):
+        raise params.bad(f"{name} must be true or false, got {raw!r}")
+    return raw in ("true", "1")
+
+
 def _live(conn, name: str) -> query.LiveView:
     try:
         return query.live_view(conn, name)
     except query.NotBuilt:
+        _, building = registry.active(conn, name)
+        if building is not None and building.state == "failed":
+            raise ApiError(
+                503,
+                "projection_failed",
+                f"{name} has no live version: its first build halted ({building.last_error}); "
+                f"fix the cause, then `hookledger projections retry {name}`",
+            ) from None
         raise ApiError(
             503,
             "projection_building",
@@ -123,7 +138,7 @@ async def list_rows(request: Request) -> Response:
     projector = _projector(request)
     await _wait_for(request, projector)
     limit = params.limit(request)
-    include_deleted = request.query_params.get("include_deleted", "false").lower() in ("true", "1")
+    include_deleted = _flag(request, "include_deleted")
     filters = {k: v for k, v in request.query_params.items() if k not in ROW_PARAMS}
     sort = request.query_params.get("sort", "")
     cursor = request.query_params.get("cursor") or None
@@ -145,10 +160,11 @@ async def list_rows(request: Request) -> Response:
 
 async def get_row(request: Request) -> Response:
     require(request, "read")
-    params.check_known(request, {"min_position", "wait"})
+    params.check_known(request, {"min_position", "wait", "include_deleted"})
     projector = _projector(request)
     await _wait_for(request, projector)
     key = request.path_params["key"]
+    include_deleted = _flag(request, "include_deleted")
 
     def run(conn):
         view = _live(conn, projector.name)
@@ -158,6 +174,8 @@ async def get_row(request: Request) -> Response:
             raise params.bad(str(e)) from None
 
     view, row = await _run(request, run)
+    if row is not None and row.get("deleted") and not include_deleted:
+        row = None  # a tombstone: deleted, as in the listing (include_deleted=true shows it)
     if row is None:
         raise ApiError(
             404,

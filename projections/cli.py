@@ -79,7 +79,7 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
             str(e["head"]),
             str(e["lag"]),
             str(e["rows"]),
-            "" if rebuild is None else f"v{rebuild['version']} {rebuild['percent']}%",
+            _rebuild_cell(rebuild),
             ""
             if e["last_error"] is None
             else f"@{e['last_error']['position']}: {e['last_error']['error']}",
@@ -87,7 +87,20 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     out.print(table)
     if not entries:
         err.print("no projections are configured")
-    return 1 if any(e["state"] == "failed" for e in entries) else 0
+    failed = [
+        e
+        for e in entries
+        if e["state"] == "failed" or (e["rebuild"] and e["rebuild"]["state"] == "failed")
+    ]
+    return 1 if failed else 0
+
+
+def _rebuild_cell(rebuild: dict | None) -> str:
+    if rebuild is None:
+        return ""
+    if rebuild["state"] == "failed":
+        return f"v{rebuild['version']} FAILED at {rebuild['done']}"
+    return f"v{rebuild['version']} {rebuild['percent']}%"
 
 
 def cmd_rebuild(args: argparse.Namespace, config: Config) -> int:
