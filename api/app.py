@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -46,6 +47,29 @@ class Services:
     projectors: dict[str, Projector]
     metrics: Metrics
     worker: Worker | None = None
+    applied: Applied | None = None
+
+
+class Applied:
+    """Wakes read-your-writes waiters whenever the in-process projector commits."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.event = asyncio.Event()
+
+    def notify_threadsafe(self) -> None:
+        # RuntimeError: the loop closed, the server is stopping and nobody waits
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self._fire)
+
+    def _fire(self) -> None:
+        event, self.event = self.event, asyncio.Event()
+        event.set()
+
+    async def wait(self, timeout: float) -> None:
+        """Until the next commit, or `timeout` seconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.event.wait(), timeout)
 
 
 def startup_warnings(config: Config) -> list[str]:
@@ -123,7 +147,12 @@ def create_app(
             await run_in_threadpool(migrate.upgrade, engine)
         for warning in startup_warnings(config):
             log.warning(warning)
-        worker = Worker(engine, projectors) if run_projectors and projectors else None
+        applied = Applied(asyncio.get_running_loop())
+        worker = (
+            Worker(engine, projectors, on_applied=applied.notify_threadsafe)
+            if run_projectors and projectors
+            else None
+        )
         observed = Metrics()
         observed.watch(engine, projectors)
 
@@ -139,7 +168,7 @@ def create_app(
             background.append(PgListener(engine, worker.wake))
         for task in background:
             task.start()
-        app.state.hl = Services(config, engine, appender, projectors, observed, worker)
+        app.state.hl = Services(config, engine, appender, projectors, observed, worker, applied)
         try:
             yield
         finally:

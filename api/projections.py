@@ -83,13 +83,13 @@ async def _wait_for(request: Request, projector: Projector) -> None:
     if not 0 <= budget <= MAX_WAIT_S:
         raise params.bad(f"wait must be between 0 and {MAX_WAIT_S:g} seconds")
 
-    def applied(conn) -> int:
+    def applied_position(conn) -> int:
         live, _ = registry.active(conn, projector.name)
         return -1 if live is None else live.position
 
     deadline = time.monotonic() + budget
     while True:
-        position = await _run(request, applied)
+        position = await _run(request, applied_position)
         if position >= wanted:
             return
         if time.monotonic() >= deadline:
@@ -99,7 +99,12 @@ async def _wait_for(request: Request, projector: Projector) -> None:
                 f"{projector.name} has applied position {max(position, 0)}, not yet {wanted}",
                 {"Retry-After": "1"},
             )
-        await asyncio.sleep(0.02)
+        signal = request.app.state.hl.applied
+        remaining = deadline - time.monotonic()
+        if request.app.state.hl.worker is not None and signal is not None:
+            await signal.wait(min(0.25, remaining))  # woken by the in-process projector
+        else:
+            await asyncio.sleep(min(0.01, remaining))  # the projector runs elsewhere: poll
 
 
 def _flag(request: Request, name: str) -> bool:

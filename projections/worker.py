@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from sqlalchemy import Engine, Row, select
 
@@ -65,6 +65,7 @@ class Worker:
         rebuild_batch: int = REBUILD_BATCH,
         lease_ttl: float = LEASE_TTL_S,
         idle_poll: float = IDLE_POLL_S,
+        on_applied: Callable[[], None] | None = None,
     ) -> None:
         self.engine = engine
         self.projectors = projectors
@@ -73,6 +74,7 @@ class Worker:
         self.rebuild_batch = rebuild_batch
         self.lease_ttl = lease_ttl
         self.idle_poll = idle_poll
+        self.on_applied = on_applied  # after each committed batch or swap (read-your-writes)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._ensured: set[str] = set()
@@ -180,6 +182,7 @@ class Worker:
                     )
                 else:
                     registry.advance(conn, version.name, version.version, upto, upto, **values)
+        self._applied()
         return True
 
     def finish(self, projector: Projector, building: Row, live: Row | None) -> bool:
@@ -194,7 +197,12 @@ class Worker:
             if diff
             else "",
         )
+        self._applied()
         return True
+
+    def _applied(self) -> None:
+        if self.on_applied is not None:
+            self.on_applied()
 
 
 class WorkerThread:
