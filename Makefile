@@ -51,3 +51,9 @@ bench: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) data build *.egg-info
+
+# The chaos test of tests/chaos for ~5 minutes of load (`make test` runs it for 20 seconds):
+# servers and workers SIGKILLed, PostgreSQL restarted, then every promise checked.
+.PHONY: chaos
+chaos: sysdeps $(VENV)/.installed
+	HOOKLEDGER_CHAOS_SECONDS=$${HOOKLEDGER_CHAOS_SECONDS:-300} $(PY) -m pytest -q -s -p no:cacheprovider tests/chaos

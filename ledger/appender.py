@@ -103,6 +103,13 @@ class Appender:
                     insert_rejections(conn, refused)
         except Exception as e:
             self._drop_connection()
+            if not isinstance(e, HookledgerError) and len(batch) > 1:
+                # Not the database being away but something in one item: write them one
+                # by one, so one bad delivery cannot fail the others that shared its batch.
+                log.warning("a batch of %d failed (%s); retrying one by one", len(batch), e)
+                for waiter in batch:
+                    self._write([waiter])
+                return
             if not isinstance(e, HookledgerError):
                 log.exception("append failed for a batch of %d", len(batch))
             else:
