@@ -11,6 +11,7 @@ import argparse
 import os
 import secrets
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from api.console import KEY_ENV as CONSOLE_KEY_ENV
@@ -25,7 +26,6 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     import uvicorn
 
     from api.app import startup_warnings
-    from ledger import migrate
     from ledger.db import make_engine
     from projections.projector import load_projectors
 
@@ -37,7 +37,7 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     projectors = load_projectors(config)  # a bad definition fails here, in one line
     engine = make_engine(config.database_url)
     try:
-        migrate.upgrade(engine)
+        _migrate_when_reachable(engine, args.wait_for_db)
         where = engine.url.render_as_string(hide_password=True)
     finally:
         engine.dispose()
@@ -68,6 +68,23 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _migrate_when_reachable(engine, wait_s: float) -> None:
+    """Migrate, waiting up to `wait_s` for a database that is still starting or restarting."""
+    from ledger import migrate
+    from ledger.errors import StorageUnavailable
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            migrate.upgrade(engine)
+            return
+        except StorageUnavailable as e:
+            if time.monotonic() >= deadline:
+                raise
+            err.print(f"waiting for the database: {e}", style="yellow", markup=False)
+            time.sleep(1.0)
+
+
 def register(add: Callable[..., argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     """Add `serve` to the CLI."""
     p = add("serve", cmd_serve, "migrate, then serve the HTTP API (and run the projectors)")
@@ -76,6 +93,13 @@ def register(add: Callable[..., argparse.ArgumentParser], common: argparse.Argum
     p.add_argument("--workers", type=int, default=1, help="API processes (default 1)")
     p.add_argument(
         "--no-projector", action="store_true", help="do not run projectors in this process"
+    )
+    p.add_argument(
+        "--wait-for-db",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="keep retrying an unreachable database this long at start (default 30)",
     )
     p.add_argument(
         "--insecure-no-auth",

@@ -204,9 +204,12 @@ PATHS: dict[str, dict[str, Any]] = {
             {
                 "202": _json(_ref("Accepted"), "appended"),
                 "200": _json({"type": "object"}, "appended; a re-delivery (or Slack's challenge)"),
+                "400": _error("the client disconnected before sending the whole body"),
                 "401": _error("signature missing, wrong, or outside the tolerance"),
                 "404": _error("unknown source"),
+                "408": _error("the body did not arrive within 30 seconds"),
                 "413": _error("body larger than max_body_bytes"),
+                "431": _error("more than 200 header fields or 64 KiB of headers"),
                 "503": _error("source not configured, or the database cannot take the write"),
             },
             [_param("source", "path", STR, "the configured source")],
