@@ -202,9 +202,12 @@ def list_events(
 
 
 def iter_events(
-    engine: Engine, start: int = 1, stop: int | None = None, chunk: int = 2000
+    engine: Engine, start: int = 1, stop: int | None = None, chunk: int = 256
 ) -> Iterator[Row]:
-    """Every column of every event from `start` to `stop` (inclusive), in short reads."""
+    """Every column of every event from `start` to `stop` (inclusive), in short reads.
+
+    Memory is bounded by `chunk` rows (bodies are up to max_body_bytes each), not by
+    the size of the log: export, verify and import stream through this."""
     after = start - 1
     while True:
         query = select(events).where(events.c.position > after)
