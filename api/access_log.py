@@ -1,24 +1,31 @@
-"""Structured access logs: one JSON line per request, with no secrets and no bodies."""
+"""Structured access logs: one JSON line per request, with no secrets and no bodies.
+
+Lines go to standard error (or the stream given), gathered per turn of the
+event loop and written with one call: at thousands of requests a second, a
+logging record and a write per request cost more than the request itself.
+"""
 
 from __future__ import annotations
 
-import logging
+import asyncio
+import sys
 import time
+from typing import TextIO
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-log = logging.getLogger("hookledger.access")
-
 
 class AccessLog:
-    """ASGI middleware: method, path template, status, duration and source of each request.
+    """ASGI middleware: time, method, path template, status, duration, source, remote address.
 
     The path template (`/hooks/{source}`, `/v1/events/{position}`) is logged,
     never the raw path or query, so tokens in query strings stay out of logs."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, stream: TextIO | None = None) -> None:
         self.app = app
+        self.stream = stream
+        self._pending: list[bytes] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -38,6 +45,7 @@ class AccessLog:
         finally:
             route = scope.get("route")
             line = {
+                "ts": round(time.time(), 3),
                 "method": scope["method"],
                 "path": getattr(route, "path", "<unmatched>"),
                 "status": status,
@@ -49,4 +57,12 @@ class AccessLog:
             client = scope.get("client")
             if client:
                 line["remote"] = client[0]
-            log.info("%s", orjson.dumps(line).decode())
+            if not self._pending:
+                asyncio.get_running_loop().call_soon(self._flush)
+            self._pending.append(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
+
+    def _flush(self) -> None:
+        lines, self._pending = self._pending, []
+        stream = self.stream or sys.stderr
+        stream.write(b"".join(lines).decode())
+        stream.flush()

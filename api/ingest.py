@@ -6,16 +6,19 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Mapping
+from typing import Any
 
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.errors import ApiError, error_response
-from ledger.errors import HookledgerError
+from api.errors import RETRY_AFTER_SECONDS, ApiError
+from ledger.errors import HookledgerError, NotMigrated, StorageUnavailable
 from ledger.intake import Received, decide, slack_challenge, unconfigured
 from ledger.store import NewEvent, Rejection
 
 log = logging.getLogger("hookledger.ingest")
+RETRY = {"Retry-After": RETRY_AFTER_SECONDS}
 
 _DETAILS = {
     "missing_signature": "the request carries no signature for this source",
@@ -50,21 +53,39 @@ def check_headers(raw_headers: list[tuple[bytes, bytes]]) -> None:
         )
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
     """The whole body, refusing (413) as soon as it passes `limit` bytes, and (408) when
     it has not arrived whole within BODY_READ_TIMEOUT_S."""
-    declared = request.headers.get("content-length")
+    declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
+    # Most deliveries arrive in one message: read it before arming the timeout.
+    message = await receive()
+    if message["type"] == "http.request" and not message.get("more_body", False):
+        body = message.get("body", b"")
+        if len(body) > limit:
+            raise _too_large(limit)
+        return body
     chunks: list[bytes] = []
     size = 0
     try:
         async with asyncio.timeout(BODY_READ_TIMEOUT_S):
-            async for chunk in request.stream():
+            while True:
+                if message["type"] == "http.disconnect":
+                    # Nobody is left to read the answer; it only keeps this out of the error log.
+                    raise ApiError(
+                        400,
+                        "incomplete_body",
+                        "the client disconnected before sending the whole body",
+                    )
+                chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > limit:
                     raise _too_large(limit)
                 chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+                message = await receive()
     except TimeoutError:
         raise ApiError(
             408,
@@ -72,12 +93,7 @@ async def read_body(request: Request, limit: int) -> bytes:
             f"the body did not arrive within {BODY_READ_TIMEOUT_S:g} seconds",
             _CLOSE,
         ) from None
-    except ClientDisconnect:
-        # Nobody is left to read the answer; it only keeps this out of the error log.
-        raise ApiError(
-            400, "incomplete_body", "the client disconnected before sending the whole body"
-        ) from None
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _too_large(limit: int) -> ApiError:
@@ -86,70 +102,143 @@ def _too_large(limit: int) -> ApiError:
     )
 
 
-async def ingest(request: Request) -> Response:
-    """Count each delivery by source and outcome, and time it to its acknowledgement."""
-    hl = request.app.state.hl
-    name = request.path_params["source"]
+def header_map(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Lower-cased names to values, the first of repeated names winning (as Starlette's)."""
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in reversed(raw)}
+
+
+Answer = tuple[int, bytes, list[tuple[bytes, bytes]], str]
+JSON = (b"content-type", b"application/json")
+
+
+def _answer(body: bytes, extra: dict[str, str] | None = None) -> list:
+    headers = [JSON, (b"content-length", b"%d" % len(body))]
+    if extra:
+        headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
+    return headers
+
+
+def error_answer(status: int, code: str, detail: str, extra=None) -> tuple[int, bytes, list]:
+    """The one JSON error shape, as raw ASGI parts."""
+    body = orjson.dumps({"error": code, "detail": detail})
+    return status, body, _answer(body, extra)
+
+
+class Ingest:
+    """POST /hooks/{source} as a plain ASGI app: no Request or Response objects.
+
+    Registered as the route's endpoint, and called directly by `FastPath`
+    (which skips Starlette's routing for this one hot route)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.serve(
+            scope["app"].state.hl, scope, receive, send, scope["path_params"]["source"]
+        )
+
+    async def serve(self, hl, scope: Scope, receive: Receive, send: Send, name: str) -> None:
+        status, body, headers, _ = await answer(hl, scope, receive, name)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def answer(hl, scope: Scope, receive: Receive, name: str) -> Answer:
+    """The status, body and headers for one delivery; counted by source and outcome."""
     label = name if name in hl.config.sources else "<unknown>"
     started = time.perf_counter()
     outcome = "error"
     try:
-        response, outcome = await _ingest(request, hl, name)
-        return response
+        result = await _ingest(hl, scope, receive, name)
+        outcome = result[3]
+        return result
     except ApiError as e:
         outcome = e.code
-        raise
-    except HookledgerError:
+        return (*error_answer(e.status, e.code, e.detail, e.headers), e.code)
+    except NotMigrated as e:
         outcome = "unavailable"
-        raise
+        return (*error_answer(503, "not_migrated", str(e), RETRY), outcome)
+    except StorageUnavailable as e:
+        outcome = "unavailable"
+        return (*error_answer(503, "storage_unavailable", str(e), RETRY), outcome)
     finally:
         hl.metrics.deliveries.labels(label, outcome).inc()
         if outcome in ("accepted", "duplicate"):
             hl.metrics.ingest_seconds.labels(label).observe(time.perf_counter() - started)
 
 
-async def _ingest(request: Request, hl, name: str) -> tuple[Response, str]:
+async def _ingest(hl, scope: Scope, receive: Receive, name: str) -> Answer:
     source = hl.config.sources.get(name)
     if source is None:
         raise ApiError(404, "unknown_source", f"no source named {name!r} is configured")
     server = hl.config.server
-    check_headers(request.scope["headers"])
-    body = await read_body(request, server.max_body_bytes)
+    raw_headers = scope["headers"]
+    check_headers(raw_headers)
+    headers = header_map(raw_headers)
+    body = await read_body(receive, headers, server.max_body_bytes)
+    client = scope.get("client")
     received = Received(
         source=name,
         received_at_us=time.time_ns() // 1000,
-        raw_headers=request.scope["headers"],
-        headers=request.headers,
-        query=request.scope["query_string"].decode("latin-1"),
+        raw_headers=raw_headers,
+        headers=headers,
+        query=scope["query_string"].decode("latin-1"),
         body=body,
-        remote_addr=request.client.host if request.client else None,
+        remote_addr=client[0] if client else None,
     )
     if not source.configured:
         await _keep(hl, unconfigured(source, received, server.redact_headers))
-        return error_response(
-            503,
+        return (
+            *error_answer(
+                503,
+                "source_not_configured",
+                f"source {name!r} has no secret: set {source.secret_env}",
+                {"Retry-After": "60"},
+            ),
             "source_not_configured",
-            f"source {name!r} has no secret: set {source.secret_env}",
-            {"Retry-After": "60"},
-        ), "source_not_configured"
+        )
     outcome = decide(source, received, time.time(), server.redact_headers)
     if isinstance(outcome, Rejection):
         await _keep(hl, outcome)
         detail = _DETAILS.get(outcome.reason, "the delivery failed verification")
-        return error_response(401, outcome.reason, detail), outcome.reason
+        return (*error_answer(401, outcome.reason, detail), outcome.reason)
     appended = await hl.appender.append(storable(outcome))
-    headers = {"Ledger-Position": str(appended.position)}
+    extra = {"Ledger-Position": str(appended.position)}
     challenge = slack_challenge(source, outcome)
     if challenge is not None:  # stored like any delivery, answered the way Slack expects
-        return JSONResponse({"challenge": challenge}, 200, headers), "accepted"
+        content = orjson.dumps({"challenge": challenge})
+        return 200, content, _answer(content, extra), "accepted"
     if appended.duplicate_of is None:
         content = b'{"position":%d,"duplicate":false}' % appended.position
-        return Response(content, 202, headers, "application/json"), "accepted"
+        return 202, content, _answer(content, extra), "accepted"
     content = b'{"position":%d,"duplicate":true,"duplicate_of":%d}' % (
         appended.position,
         appended.duplicate_of,
     )
-    return Response(content, 200, headers, "application/json"), "duplicate"
+    return 200, content, _answer(content, extra), "duplicate"
+
+
+class FastPath:
+    """ASGI middleware: POST /hooks/{source} goes straight to `Ingest`, skipping routing.
+
+    Everything else (and anything unusual about a hooks request) takes the
+    ordinary Starlette path. Sets `route` and `path_params` like the router
+    would, so the access log names the template."""
+
+    def __init__(self, app: ASGIApp, route: Any = None) -> None:
+        self.app = app
+        self.route = route
+        self.ingest = Ingest()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path: str = scope["path"]
+            if path.startswith("/hooks/"):
+                name = path[7:]
+                if name and "/" not in name:
+                    scope["path_params"] = {"source": name}
+                    scope["route"] = self.route
+                    await self.ingest.serve(scope["app"].state.hl, scope, receive, send, name)
+                    return
+        await self.app(scope, receive, send)
 
 
 def storable(event: NewEvent) -> NewEvent:

@@ -9,7 +9,9 @@ durable. While one batch commits, the next one gathers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,8 +47,7 @@ class Appender:
         self.on_commit = on_commit
         self.batches = 0
         self.appended = 0
-        self._pending: list[_Waiter] = []
-        self._cond = threading.Condition()
+        self._queue: queue.SimpleQueue[_Waiter | None] = queue.SimpleQueue()
         self._stopping = False
         self._conn: Connection | None = None
         self._thread = threading.Thread(target=self._run, name="hookledger-appender", daemon=True)
@@ -56,9 +57,8 @@ class Appender:
 
     def stop(self) -> None:
         """Finish what is queued, then stop the writer thread."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
+        self._stopping = True
+        self._queue.put(None)  # the writer drains everything before this, then stops
         self._thread.join(timeout=30)
         if self._conn is not None:
             self._conn.close()
@@ -73,24 +73,37 @@ class Appender:
 
     async def _submit(self, item: NewEvent | Rejection) -> Any:
         loop = asyncio.get_running_loop()
+        if self._stopping:
+            raise StorageUnavailable("the server is shutting down")
         waiter = _Waiter(item, loop, loop.create_future())
-        with self._cond:
-            if self._stopping:
-                raise StorageUnavailable("the server is shutting down")
-            self._pending.append(waiter)
-            self._cond.notify()
+        self._queue.put(waiter)
         return await waiter.future
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._pending and not self._stopping:
-                    self._cond.wait()
-                if not self._pending:
-                    return
-                batch = self._pending[: self.max_batch]
-                del self._pending[: self.max_batch]
-            self._write(batch)
+        stop = False
+        while not stop:
+            first = self._queue.get()  # blocks until there is work
+            batch = [] if first is None else [first]
+            stop = first is None
+            while len(batch) < self.max_batch:  # everything that queued meanwhile
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                else:
+                    batch.append(item)
+            if batch:
+                self._write(batch)
+        late = []  # submitted while stopping, after the last batch: refuse, never hang
+        with contextlib.suppress(queue.Empty):
+            while True:
+                item = self._queue.get_nowait()
+                if item is not None:
+                    late.append(item)
+        if late:
+            self._settle(late, [None] * len(late), StorageUnavailable("the server stopped"))
 
     def _write(self, batch: list[_Waiter]) -> None:
         events = [w.item for w in batch if isinstance(w.item, NewEvent)]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, func, select, update
 
@@ -75,7 +74,7 @@ def append_batch(conn: Connection, batch: Sequence[NewEvent]) -> list[Appended]:
     position, head_hash = read_head(conn, lock=True)
     previous = bytes.fromhex(head_hash)
     first_seen = _first_positions(conn, batch)
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple] = []
     out: list[Appended] = []
     for ev in batch:
         position += 1
@@ -100,32 +99,44 @@ def append_batch(conn: Connection, batch: Sequence[NewEvent]) -> list[Appended]:
         )
         digest = previous.hex()
         rows.append(
-            {
-                "position": position,
-                "source": ev.source,
-                "received_at_us": ev.received_at_us,
-                "event_id": ev.event_id,
-                "event_type": ev.event_type,
-                "query": ev.query,
-                "headers": ev.headers,
-                "body": ev.body,
-                "body_sha256": ev.body_sha256,
-                "content_type": ev.content_type,
-                "remote_addr": ev.remote_addr,
-                "verification": ev.verification,
-                "duplicate_of": duplicate_of,
-                "hash": digest,
-                "secret_index": ev.secret_index,
-            }
+            (
+                position,
+                ev.source,
+                ev.received_at_us,
+                ev.event_id,
+                ev.event_type,
+                ev.query,
+                ev.headers,
+                ev.body,
+                ev.body_sha256,
+                ev.content_type,
+                ev.remote_addr,
+                ev.verification,
+                duplicate_of,
+                digest,
+                ev.secret_index,
+            )
         )
         out.append(Appended(position, duplicate_of, digest))
-    conn.execute(events.insert(), rows)
+    # The hot path: straight to the driver's executemany, no per-row SQL expression work.
+    conn.exec_driver_sql(_insert_sql(conn.dialect.paramstyle), rows)
     conn.execute(
         update(ledger_head).where(ledger_head.c.id == 1).values(position=position, hash=digest)
     )
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}")  # delivered at commit
     return out
+
+
+_INSERT_COLUMNS = (
+    "position, source, received_at_us, event_id, event_type, query, headers, body, "
+    "body_sha256, content_type, remote_addr, verification, duplicate_of, hash, secret_index"
+)
+
+
+def _insert_sql(paramstyle: str) -> str:
+    marker = "?" if paramstyle == "qmark" else "%s"
+    return f"INSERT INTO events ({_INSERT_COLUMNS}) VALUES ({', '.join([marker] * 15)})"
 
 
 def _first_positions(conn: Connection, batch: Sequence[NewEvent]) -> dict[tuple[str, str], int]:
