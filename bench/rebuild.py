@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import orjson
 from sqlalchemy import text
@@ -176,9 +177,17 @@ def hookledger_rebuild(url: str) -> dict:
     return {"events": live.position, "seconds": seconds, "rows": rows}
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM starts afresh at exec; ru_maxrss does not)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(kind: str, url: str) -> None:
     result = hand_loop(url) if kind == "hand" else hookledger_rebuild(url)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result))
 
 

@@ -160,7 +160,10 @@ def _parse(data: Mapping[str, Any], file: str, env: Mapping[str, str], path: str
         top.fail("database_url", f"unsupported database {database_url!r} (sqlite or postgresql)")
 
     srv = _Reader(
-        file, "server.", top.get("server", dict, {}), {"max_body_bytes", "redact_headers"}
+        file,
+        "server.",
+        top.get("server", dict, {}),
+        {"max_body_bytes", "redact_headers", "access_log"},
     )
     max_body = srv.get("max_body_bytes", int, ServerConfig.max_body_bytes)
     if max_body < 1:

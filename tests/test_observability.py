@@ -84,3 +84,11 @@ def test_access_log_lines_carry_templates_not_secrets(make_client, capsys):
     assert lines[0]["source"] == "app"
     assert all(isinstance(line["ms"], float) and line["ts"] > 1.7e9 for line in lines)
     assert "s3cret" not in text and "body-secret" not in text
+
+
+def test_the_access_log_can_be_turned_off(make_client, capsys):
+    client = make_client('[server]\naccess_log = false\n[sources.app]\nverifier = "none"\n')
+    capsys.readouterr()
+    assert client.post("/hooks/app", content=b"{}").status_code == 202
+    client.get("/healthz")
+    assert '"path":"/hooks/{source}"' not in capsys.readouterr().err
