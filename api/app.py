@@ -67,10 +67,10 @@ class Applied:
         event, self.event = self.event, asyncio.Event()
         event.set()
 
-    async def wait(self, timeout: float) -> None:
-        """Until the next commit, or `timeout` seconds."""
+    async def wait(self, event: asyncio.Event, timeout: float) -> None:
+        """Until the commit after `event` was taken from `self.event`, or `timeout` seconds."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.event.wait(), timeout)
+            await asyncio.wait_for(event.wait(), timeout)
 
 
 def startup_warnings(config: Config) -> list[str]:

@@ -88,7 +88,12 @@ async def _wait_for(request: Request, projector: Projector) -> None:
         return -1 if live is None else live.position
 
     deadline = time.monotonic() + budget
+    signal = request.app.state.hl.applied
+    in_process = request.app.state.hl.worker is not None and signal is not None
     while True:
+        # Take the commit signal before reading the position: a commit in between
+        # then wakes us at once instead of being missed until the next one.
+        commit = signal.event if in_process else None
         position = await _run(request, applied_position)
         if position >= wanted:
             return
@@ -99,10 +104,9 @@ async def _wait_for(request: Request, projector: Projector) -> None:
                 f"{projector.name} has applied position {max(position, 0)}, not yet {wanted}",
                 {"Retry-After": "1"},
             )
-        signal = request.app.state.hl.applied
         remaining = deadline - time.monotonic()
-        if request.app.state.hl.worker is not None and signal is not None:
-            await signal.wait(min(0.25, remaining))  # woken by the in-process projector
+        if commit is not None:
+            await signal.wait(commit, min(0.25, remaining))  # woken by the in-process projector
         else:
             await asyncio.sleep(min(0.01, remaining))  # the projector runs elsewhere: poll
 

@@ -65,6 +65,13 @@ def live_view(conn: Connection, name: str) -> LiveView:
     # version's table while it is reflected (an error, or a table without its primary key).
     # The swap moves the registry in the same transaction: if the registry still names the
     # same version after the reflection, the reflection saw the whole table.
+    live, _ = registry.active(conn, name)
+    if live is None:
+        raise NotBuilt(name)
+    cached = _LAYOUTS.get(_layout_key(conn, live))
+    if cached is not None:  # a version's columns never change: reflect each version once
+        view, keys = cached
+        return LiveView(name, live.version, live.position, view, keys)
     for _ in range(5):
         live, _ = registry.active(conn, name)
         if live is None:
@@ -85,7 +92,18 @@ def live_view(conn: Connection, name: str) -> LiveView:
         ),
     )
     keys = tuple(c.name for c in physical.primary_key.columns)
+    if len(_LAYOUTS) > 1000:
+        _LAYOUTS.clear()
+    _LAYOUTS[_layout_key(conn, live)] = (view, keys)
     return LiveView(name, live.version, live.position, view, keys)
+
+
+# Reflected layouts by (database, table of a version); tables are never altered in place.
+_LAYOUTS: dict[tuple[str, str, int], tuple[Table, tuple[str, ...]]] = {}
+
+
+def _layout_key(conn: Connection, live: Row) -> tuple[str, str, int]:
+    return (str(conn.engine.url), live.table_name, live.created_at_us)
 
 
 def coerce(column: Column, raw: str) -> Any:

@@ -78,6 +78,7 @@ class Worker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._ensured: set[str] = set()
+        self._renew_after: dict[str, float] = {}
 
     # --- control ---------------------------------------------------------------
 
@@ -117,11 +118,26 @@ class Worker:
         busy = False
         with translated():
             for name in names or list(self.projectors):
-                if not registry.acquire_lease(self.engine, name, self.owner, self.lease_ttl):
+                if not self._hold(name):
                     self._ensured.discard(name)
                     continue
                 busy |= self.work(self.projectors[name])
         return busy
+
+    def _hold(self, name: str) -> bool:
+        """Take or renew the lease, renewing only once a third of it has passed.
+
+        A renewal is a write (and on SQLite an fsync): doing it on every pass would
+        double the cost of catching up one event. Correctness never rests on the
+        lease: the checkpoint's compare-and-set refuses a worker that lost it."""
+        now = time.monotonic()
+        if now < self._renew_after.get(name, 0.0):
+            return True
+        if not registry.acquire_lease(self.engine, name, self.owner, self.lease_ttl):
+            self._renew_after.pop(name, None)
+            return False
+        self._renew_after[name] = now + self.lease_ttl / 3
+        return True
 
     def work(self, projector: Projector) -> bool:
         """Advance the live and building versions of one projection; swap when ready."""
