@@ -18,10 +18,12 @@ BODY = 32 * 1024  # ~96 MiB of bodies: an export that buffered them would show i
 
 def run_measured(args: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float]:
     """Run the CLI as a child and return its result and its peak RSS in MiB."""
+    # VmHWM starts afresh at exec; ru_maxrss would include the (large) pytest parent's
+    # memory at fork.
     code = (
-        "import resource, sys; from api.cli import main; rc = main(sys.argv[1:]); "
-        "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); "
-        "sys.exit(rc)"
+        "import sys; from api.cli import main; rc = main(sys.argv[1:]); "
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]; "
+        "print('RSS', hwm.split()[1], file=sys.stderr); sys.exit(rc)"
     )
     done = subprocess.run(
         [sys.executable, "-c", code, *args],
