@@ -160,9 +160,8 @@ async def answer(hl, scope: Scope, receive: Receive, name: str) -> Answer:
         outcome = "unavailable"
         return (*error_answer(503, "storage_unavailable", str(e), RETRY), outcome)
     finally:
-        hl.metrics.deliveries.labels(label, outcome).inc()
-        if outcome in ("accepted", "duplicate"):
-            hl.metrics.ingest_seconds.labels(label).observe(time.perf_counter() - started)
+        stored = outcome in ("accepted", "duplicate")
+        hl.metrics.delivered(label, outcome, time.perf_counter() - started if stored else None)
 
 
 async def _ingest(hl, scope: Scope, receive: Receive, name: str) -> Answer:

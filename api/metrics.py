@@ -8,6 +8,7 @@ has its own registry (several apps in one test process must not share).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -47,6 +48,21 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
             registry=self.registry,
         )
+
+        self._counters: dict[tuple[str, str], Any] = {}
+        self._timers: dict[str, Any] = {}
+
+    def delivered(self, source: str, outcome: str, seconds: float | None) -> None:
+        """Count one delivery (and time it when it was stored); children cached per label."""
+        counter = self._counters.get((source, outcome))
+        if counter is None:
+            counter = self._counters[(source, outcome)] = self.deliveries.labels(source, outcome)
+        counter.inc()
+        if seconds is not None:
+            timer = self._timers.get(source)
+            if timer is None:
+                timer = self._timers[source] = self.ingest_seconds.labels(source)
+            timer.observe(seconds)
 
     def watch(self, engine: Engine, projectors: dict[str, Projector]) -> None:
         """Add the scrape-time gauges for this database and these projections."""
