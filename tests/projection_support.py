@@ -115,3 +115,23 @@ class Poisoned(Projection):
             if b"poison" in (e.body or b""):
                 raise ValueError(f"poisoned event at {e.position}")
             conn.execute(table.insert().values(position=e.position))
+
+
+def entities_toml(columns: str = "") -> str:
+    """Config text: the unsigned `app` source and the generic `entities` projection.
+
+    `columns` is the TOML value of the projection's `columns` key, if any."""
+    text = """
+[sources.app]
+verifier = "none"
+event_id = "header:X-Event-Id"
+
+[projections.entities]
+source = "app"
+types = ["data_updated", "data_deleted"]
+key = ["/entity", "/id"]
+object = "/data"
+version = "/version"
+delete_on = ["data_deleted"]
+"""
+    return text + (f"columns = {columns}\n" if columns else "")

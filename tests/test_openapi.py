@@ -9,21 +9,11 @@ from hypothesis import HealthCheck, settings
 from api.app import ROUTES
 from api.openapi import DOCUMENT
 from tests.conftest import ServerProcess, write_config
+from tests.projection_support import entities_toml
 
-CONFIG = """
-database_url = "sqlite:///DIR/ledger.db"
-[sources.app]
-verifier = "none"
-event_id = "header:X-Event-Id"
-[projections.entities]
-source = "app"
-types = ["data_updated", "data_deleted"]
-key = ["/entity", "/id"]
-object = "/data"
-version = "/version"
-delete_on = ["data_deleted"]
-columns = { name = "/data/name", age = { path = "/data/age", type = "integer" } }
-"""
+CONFIG = 'database_url = "sqlite:///DIR/ledger.db"\n' + entities_toml(
+    '{ name = "/data/name", age = { path = "/data/age", type = "integer" } }'
+)
 
 
 def test_every_route_is_documented_with_its_methods():

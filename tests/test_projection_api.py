@@ -11,21 +11,9 @@ import time
 import orjson
 
 from projections.worker import wait_until
+from tests.projection_support import entities_toml
 
-CONFIG = """
-[sources.app]
-verifier = "none"
-event_id = "header:X-Event-Id"
-
-[projections.entities]
-source = "app"
-types = ["data_updated", "data_deleted"]
-key = ["/entity", "/id"]
-object = "/data"
-version = "/version"
-delete_on = ["data_deleted"]
-columns = { name = "/data/name", age = { path = "/data/age", type = "integer" } }
-"""
+CONFIG = entities_toml('{ name = "/data/name", age = { path = "/data/age", type = "integer" } }')
 
 NAMES = """
 [projections.names]

@@ -27,24 +27,11 @@ from projections import registry
 from projections.schema import projection_errors, projection_leases
 from projections.worker import LEASE_TTL_S, wait_until
 from tests.helpers import append, new_event
-from tests.projection_support import actual_entities, entity_body, expected_entities
+from tests.projection_support import actual_entities, entities_toml, entity_body, expected_entities
 
 ROOT = Path(__file__).resolve().parent.parent
 
-ENTITIES = """
-[sources.app]
-verifier = "none"
-event_id = "header:X-Event-Id"
-
-[projections.entities]
-source = "app"
-types = ["data_updated", "data_deleted"]
-key = ["/entity", "/id"]
-object = "/data"
-version = "/version"
-delete_on = ["data_deleted"]
-columns = { name = "/data/name", n = { path = "/data/n", type = "integer" } }
-"""
+ENTITIES = entities_toml('{ name = "/data/name", n = { path = "/data/n", type = "integer" } }')
 
 COUNTS = """
 [projections.counts]

@@ -3,19 +3,9 @@
 from __future__ import annotations
 
 from projections.worker import wait_until
+from tests.projection_support import entities_toml
 
-CONFIG = """
-[sources.app]
-verifier = "none"
-event_id = "header:X-Event-Id"
-[projections.entities]
-source = "app"
-types = ["data_updated", "data_deleted"]
-key = ["/entity", "/id"]
-object = "/data"
-version = "/version"
-delete_on = ["data_deleted"]
-"""
+CONFIG = entities_toml()
 
 
 def post(client, body: bytes) -> int:
