@@ -16,16 +16,49 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
+class AccessLines:
+    """The batching writer of access lines, shared by the middleware and the ingest fast path."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream
+        self._pending: list[bytes] = []
+
+    def add(self, scope: Scope, status: int, started: float) -> None:
+        """Queue the line of one finished request (`started`: its time.perf_counter())."""
+        route = scope.get("route")
+        line = {
+            "ts": round(time.time(), 3),
+            "method": scope["method"],
+            "path": getattr(route, "path", "<unmatched>"),
+            "status": status,
+            "ms": round((time.perf_counter() - started) * 1000, 2),
+        }
+        source = scope.get("path_params", {}).get("source")
+        if source is not None:
+            line["source"] = source
+        client = scope.get("client")
+        if client:
+            line["remote"] = client[0]
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pending.append(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
+
+    def _flush(self) -> None:
+        lines, self._pending = self._pending, []
+        stream = self.stream or sys.stderr
+        stream.write(b"".join(lines).decode())
+        stream.flush()
+
+
 class AccessLog:
     """ASGI middleware: time, method, path template, status, duration, source, remote address.
 
     The path template (`/hooks/{source}`, `/v1/events/{position}`) is logged,
     never the raw path or query, so tokens in query strings stay out of logs."""
 
-    def __init__(self, app: ASGIApp, stream: TextIO | None = None) -> None:
+    def __init__(self, app: ASGIApp, lines: AccessLines) -> None:
         self.app = app
-        self.stream = stream
-        self._pending: list[bytes] = []
+        self.lines = lines
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -43,26 +76,4 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = scope.get("route")
-            line = {
-                "ts": round(time.time(), 3),
-                "method": scope["method"],
-                "path": getattr(route, "path", "<unmatched>"),
-                "status": status,
-                "ms": round((time.perf_counter() - started) * 1000, 2),
-            }
-            source = scope.get("path_params", {}).get("source")
-            if source is not None:
-                line["source"] = source
-            client = scope.get("client")
-            if client:
-                line["remote"] = client[0]
-            if not self._pending:
-                asyncio.get_running_loop().call_soon(self._flush)
-            self._pending.append(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
-
-    def _flush(self) -> None:
-        lines, self._pending = self._pending, []
-        stream = self.stream or sys.stderr
-        stream.write(b"".join(lines).decode())
-        stream.flush()
+            self.lines.add(scope, status, started)

@@ -18,12 +18,13 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from api import audit, console
 from api import projections as proj_routes
-from api.access_log import AccessLog
+from api.access_log import AccessLines, AccessLog
 from api.errors import HANDLERS, error_response
-from api.ingest import FastPath, Ingest
+from api.ingest import Ingest, hooks_source
 from api.metrics import Metrics
 from api.openapi import openapi
 from ledger import migrate
@@ -49,6 +50,8 @@ class Services:
     metrics: Metrics
     worker: Worker | None = None
     applied: Applied | None = None
+    loop: asyncio.AbstractEventLoop | None = None  # the one serving requests
+    access: AccessLines | None = None  # None: access_log = false
 
 
 class Applied:
@@ -110,8 +113,9 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
+INGEST = Ingest()
 ROUTES = [
-    INGEST_ROUTE := Route("/hooks/{source}", Ingest(), methods=["POST"]),
+    INGEST_ROUTE := Route("/hooks/{source}", INGEST, methods=["POST"]),
     Route("/v1/events", audit.list_events, methods=["GET"]),
     Route("/v1/events/{position}", audit.get_event, methods=["GET"]),
     Route("/v1/events/{position}/raw", audit.get_raw, methods=["GET"]),
@@ -130,6 +134,24 @@ ROUTES = [
     Route("/openapi.json", openapi, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
 ]
+
+
+class HookledgerApp(Starlette):
+    """Starlette, except that `POST /hooks/{source}` skips routing and middleware.
+
+    The hot route is served straight by `Ingest.fast`, which answers every error
+    itself and writes its own access line; it sets `route` and `path_params` as the
+    router would, so logs and metrics name the template."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        name = hooks_source(scope)
+        if name is None:
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        scope["path_params"] = {"source": name}
+        scope["route"] = INGEST_ROUTE
+        await INGEST.fast(self.state.hl, scope, receive, send, name)
 
 
 def create_app(
@@ -174,7 +196,9 @@ def create_app(
         gc.collect()
         gc.freeze()
         gc.set_threshold(10_000, 20, 20)
-        app.state.hl = Services(config, engine, appender, projectors, observed, worker, applied)
+        app.state.hl = Services(
+            config, engine, appender, projectors, observed, worker, applied, applied.loop, access
+        )
         try:
             yield
         finally:
@@ -183,9 +207,9 @@ def create_app(
             await run_in_threadpool(appender.stop)
             engine.dispose()
 
-    middleware = [Middleware(AccessLog)] if config.server.access_log else []
-    middleware.append(Middleware(FastPath, route=INGEST_ROUTE))  # the hot route skips routing
-    app = Starlette(
+    access = AccessLines() if config.server.access_log else None
+    middleware = [Middleware(AccessLog, lines=access)] if access else []
+    app = HookledgerApp(
         routes=[*ROUTES, *console.ROUTES],  # /ui: HTML pages with their own error pages
         lifespan=lifespan,
         exception_handlers=HANDLERS,

@@ -7,10 +7,9 @@ import dataclasses
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
 
 import orjson
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from api.errors import RETRY_AFTER_SECONDS, ApiError
 from ledger.errors import HookledgerError, NotMigrated, StorageUnavailable
@@ -127,24 +126,49 @@ def error_answer(status: int, code: str, detail: str, extra=None) -> tuple[int, 
 class Ingest:
     """POST /hooks/{source} as a plain ASGI app: no Request or Response objects.
 
-    Registered as the route's endpoint, and called directly by `FastPath`
-    (which skips Starlette's routing for this one hot route)."""
+    Registered as the route's endpoint; the app calls `fast` directly for this one
+    hot route (see `hooks_source`), before Starlette's routing and middleware."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.serve(
-            scope["app"].state.hl, scope, receive, send, scope["path_params"]["source"]
-        )
+        name = scope["path_params"]["source"]
+        status, body, headers, _ = await answer(scope["app"].state.hl, scope, receive, name)
+        await _respond(send, status, body, headers)
 
-    async def serve(self, hl, scope: Scope, receive: Receive, send: Send, name: str) -> None:
-        status, body, headers, _ = await answer(hl, scope, receive, name)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+    async def fast(self, hl, scope: Scope, receive: Receive, send: Send, name: str) -> None:
+        """Serve a delivery outside the middleware stack, writing its own access line."""
+        started = time.perf_counter()
+        status = 500
+        try:
+            status, body, headers, _ = await answer(hl, scope, receive, name, started)
+            await _respond(send, status, body, headers)
+        finally:
+            if hl.access is not None:
+                hl.access.add(scope, status, started)
 
 
-async def answer(hl, scope: Scope, receive: Receive, name: str) -> Answer:
+def hooks_source(scope: Scope) -> str | None:
+    """The source name of a `POST /hooks/{source}` request, else None."""
+    if scope["type"] == "http" and scope["method"] == "POST":
+        path: str = scope["path"]
+        if path.startswith("/hooks/"):
+            name = path[7:]
+            if name and "/" not in name:
+                return name
+    return None
+
+
+async def _respond(send: Send, status: int, body: bytes, headers: list) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def answer(
+    hl, scope: Scope, receive: Receive, name: str, started: float | None = None
+) -> Answer:
     """The status, body and headers for one delivery; counted by source and outcome."""
     label = name if name in hl.config.sources else "<unknown>"
-    started = time.perf_counter()
+    if started is None:
+        started = time.perf_counter()
     outcome = "error"
     try:
         result = await _ingest(hl, scope, receive, name)
@@ -159,6 +183,10 @@ async def answer(hl, scope: Scope, receive: Receive, name: str) -> Answer:
     except StorageUnavailable as e:
         outcome = "unavailable"
         return (*error_answer(503, "storage_unavailable", str(e), RETRY), outcome)
+    except Exception:
+        log.exception("unexpected error while ingesting a delivery for %r", name)
+        detail = "an unexpected error occurred; see the server log"
+        return (*error_answer(500, "internal_error", detail), outcome)
     finally:
         stored = outcome in ("accepted", "duplicate")
         hl.metrics.delivered(label, outcome, time.perf_counter() - started if stored else None)
@@ -199,7 +227,7 @@ async def _ingest(hl, scope: Scope, receive: Receive, name: str) -> Answer:
         await _keep(hl, outcome)
         detail = _DETAILS.get(outcome.reason, "the delivery failed verification")
         return (*error_answer(401, outcome.reason, detail), outcome.reason)
-    appended = await hl.appender.append(storable(outcome))
+    appended = await hl.appender.append(storable(outcome), hl.loop)
     extra = {"Ledger-Position": str(appended.position)}
     challenge = slack_challenge(source, outcome)
     if challenge is not None:  # stored like any delivery, answered the way Slack expects
@@ -213,31 +241,6 @@ async def _ingest(hl, scope: Scope, receive: Receive, name: str) -> Answer:
         appended.duplicate_of,
     )
     return 200, content, _answer(content, extra), "duplicate"
-
-
-class FastPath:
-    """ASGI middleware: POST /hooks/{source} goes straight to `Ingest`, skipping routing.
-
-    Everything else (and anything unusual about a hooks request) takes the
-    ordinary Starlette path. Sets `route` and `path_params` like the router
-    would, so the access log names the template."""
-
-    def __init__(self, app: ASGIApp, route: Any = None) -> None:
-        self.app = app
-        self.route = route
-        self.ingest = Ingest()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            path: str = scope["path"]
-            if path.startswith("/hooks/"):
-                name = path[7:]
-                if name and "/" not in name:
-                    scope["path_params"] = {"source": name}
-                    scope["route"] = self.route
-                    await self.ingest.serve(scope["app"].state.hl, scope, receive, send, name)
-                    return
-        await self.app(scope, receive, send)
 
 
 def storable(event: NewEvent) -> NewEvent:

@@ -63,16 +63,20 @@ class Appender:
         if self._conn is not None:
             self._conn.close()
 
-    async def append(self, event: NewEvent) -> Appended:
-        """Append one delivery; returns once it is durable."""
-        return await self._submit(event)
+    async def append(
+        self, event: NewEvent, loop: asyncio.AbstractEventLoop | None = None
+    ) -> Appended:
+        """Append one delivery; returns once it is durable.
+
+        `loop` is the running loop, when the caller has it at hand: on Python 3.11
+        looking it up costs a getpid() system call, on every delivery."""
+        return await self._submit(event, loop or asyncio.get_running_loop())
 
     async def reject(self, rejection: Rejection) -> None:
         """Record one refused delivery in `rejections`."""
-        await self._submit(rejection)
+        await self._submit(rejection, asyncio.get_running_loop())
 
-    async def _submit(self, item: NewEvent | Rejection) -> Any:
-        loop = asyncio.get_running_loop()
+    async def _submit(self, item: NewEvent | Rejection, loop: asyncio.AbstractEventLoop) -> Any:
         if self._stopping:
             raise StorageUnavailable("the server is shutting down")
         waiter = _Waiter(item, loop, loop.create_future())

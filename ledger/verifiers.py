@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl
 from ledger.pointer import resolve, scalar_text
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs time on every delivery
 class Delivery:
     """What a verifier sees: lower-cased header names (first value wins), raw body, raw query."""
 

@@ -119,6 +119,28 @@ def test_unknown_source_is_404_and_nothing_is_stored(make_client):
     assert all_rejections(c) == []
 
 
+def test_an_unexpected_failure_is_a_json_500_logged_and_nothing_half_written(make_client, caplog):
+    """The hot route runs outside Starlette's error middleware: it must answer for itself."""
+    c = make_client(OPEN_SOURCE)
+    appender = c.app.state.hl.appender
+    real = appender.append
+
+    async def broken(event, loop=None):
+        raise RuntimeError("a bug in the appender")
+
+    appender.append = broken
+    r = c.post("/hooks/dev", content=b'{"n": 1}')
+    assert_error(r, 500, "internal_error")
+    assert "a bug in the appender" not in r.text  # the detail stays in the log
+    assert any("a bug in the appender" in (rec.exc_text or "") for rec in caplog.records)
+    assert head(c) == 0
+    appender.append = real
+    assert c.post("/hooks/dev", content=b'{"n": 2}').status_code == 202
+    assert head(c) == 1
+    metrics = c.get("/metrics").text
+    assert 'hookledger_deliveries_total{outcome="error",source="dev"} 1.0' in metrics
+
+
 # --- body size ----------------------------------------------------------------
 
 LIMITED = OPEN_SOURCE + "\n[server]\nmax_body_bytes = 64\n"
