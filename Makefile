@@ -42,11 +42,11 @@ format: $(VENV)/.installed
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# Ingest throughput (docs/performance.md): wrk against hookledger and a bare Starlette
-# ceiling, then a py-spy profile. Installs Debian's wrk and py-spy when missing.
+# Ingest throughput (docs/performance.md): wrk against hookledger, a bare Starlette
+# ceiling and the tutorial receivers, then a py-spy profile. Installs Debian's wrk and py-spy when missing.
 bench: $(VENV)/.installed
 	@command -v wrk >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; }
-	@test -x $(VENV)/bin/py-spy || $(VENV)/bin/pip install --quiet py-spy
+	$(VENV)/bin/pip install --quiet -e '.[test,bench]'
 	$(PY) -m bench ingest --duration 10 --connections 64 --output docs/performance.md
 
 clean:
