@@ -63,9 +63,7 @@ def canonical_headers(
 ) -> str:
     """Header pairs as the stored JSON text: names lower-cased, values Latin-1,
     received order, compact separators, non-ASCII kept, redacted values replaced."""
-    pairs = []
-    for name_b, value_b in raw:
-        name = name_b.decode("latin-1").lower()
-        value = REDACTED if name in redact else value_b.decode("latin-1")
-        pairs.append((name, value))
+    pairs = [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in raw]
+    if redact:
+        pairs = [(name, REDACTED if name in redact else value) for name, value in pairs]
     return orjson.dumps(pairs).decode()
