@@ -8,17 +8,21 @@ the events it could not apply.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
 
 from ledger.errors import ConfigError
-from ledger.pointer import MISSING, resolve
+from ledger.pointer import MISSING, resolve, tokens
 from projections.model import NOT_JSON, Event, HandlerError
 from projections.ordering import VersionError, is_newer, version_text
+
+# A row loaded for the ordering guard only: its columns and data stay as stored.
+KEPT: Any = type("Kept", (), {"__repr__": lambda self: "KEPT"})()
 
 COLUMN_TYPES = ("text", "integer", "number", "boolean")
 RESERVED_COLUMNS = {"data", "version", "position", "deleted"}
@@ -219,22 +223,108 @@ def _typed(spec: ColumnSpec, value: Any) -> Any:
     raise HandlerError(f"column {spec.name} ({spec.path}) expects {spec.type}, got {value!r}")
 
 
-def event_key(defn: Definition, event: Event) -> tuple[str, ...]:
+Getter = Callable[[Any], Any]
+
+
+def getter(pointer: str) -> Getter:
+    """`resolve(doc, pointer)` as a function, with paths through objects taken fast."""
+    path = tokens(pointer)
+
+    def general(doc: Any) -> Any:
+        return resolve(doc, pointer)
+
+    if not path:
+        return lambda doc: doc
+    if len(path) == 1:
+        (first,) = path
+
+        def one(doc: Any) -> Any:
+            if type(doc) is dict:  # what orjson builds; anything else takes the general rules
+                return doc.get(first, MISSING)
+            return resolve(doc, pointer)
+
+        return one
+    if len(path) == 2:
+        first, second = path
+
+        def two(doc: Any) -> Any:
+            if type(doc) is dict:
+                node = doc.get(first, MISSING)
+                if type(node) is dict:
+                    return node.get(second, MISSING)
+                if node is MISSING:
+                    return MISSING
+            return resolve(doc, pointer)
+
+        return two
+    return general
+
+
+def typer(spec: ColumnSpec) -> Callable[[Any], Any]:
+    """`_typed(spec, value)` as a function, with the value already of the column's type fast."""
+    exact = {"text": str, "integer": int, "number": float, "boolean": bool}[spec.type]
+
+    def typed(value: Any) -> Any:
+        if type(value) is exact:
+            return value
+        return _typed(spec, value)
+
+    return typed
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A definition's pointers and column types turned into functions, once per definition."""
+
+    keys: tuple[tuple[str, Getter], ...]
+    version: Getter | None
+    object: Getter
+    columns: tuple[tuple[str, Getter, Callable[[Any], Any]], ...]
+    empty_columns: tuple[tuple[str, None], ...]
+    delete_on: frozenset[str | None]
+
+
+@functools.lru_cache(maxsize=256)
+def compiled(defn: Definition) -> Compiled:
+    return Compiled(
+        keys=tuple((p, getter(p)) for p in defn.key),
+        version=getter(defn.version) if defn.version is not None else None,
+        object=getter(defn.object),
+        columns=tuple((c.name, getter(c.path), typer(c)) for c in defn.columns),
+        empty_columns=tuple((c.name, None) for c in defn.columns),
+        delete_on=frozenset(defn.delete_on),
+    )
+
+
+def event_key(defn: Definition, event: Event, c: Compiled | None = None) -> tuple[str, ...]:
     """The row key an event addresses; HandlerError when it has none."""
     doc = event.json()
     if doc is NOT_JSON:
         raise HandlerError("the body is not JSON")
-    return tuple(_key_part(resolve(doc, p), p) for p in defn.key)
+    parts = []
+    for pointer, get in (c or compiled(defn)).keys:
+        value = get(doc)
+        parts.append(value if type(value) is str else _key_part(value, pointer))
+    return tuple(parts)
 
 
 def apply_event(
-    defn: Definition, event: Event, key: tuple[str, ...], row: RowState | None
+    defn: Definition,
+    event: Event,
+    key: tuple[str, ...],
+    row: RowState | None,
+    c: Compiled | None = None,
 ) -> RowState | None:
-    """The row `key` after `event`, or None when the guard says the event is stale."""
+    """The row `key` after `event`, or None when the guard says the event is stale.
+
+    A tombstone keeps the row's columns and data (KEPT when the row was loaded
+    for the guard only: the database keeps what it has)."""
+    if c is None:
+        c = compiled(defn)
     doc = event.json()
     version = None
-    if defn.version is not None:
-        raw = resolve(doc, defn.version)
+    if c.version is not None:
+        raw = c.version(doc)
         if raw is MISSING:
             raise HandlerError(f"version {defn.version} is missing")
         try:
@@ -247,23 +337,24 @@ def apply_event(
                 return None
         except VersionError as e:
             raise HandlerError(str(e)) from None
-    if event.event_type in defn.delete_on:
-        columns = row.columns if row is not None else dict.fromkeys(defn.column_names)
+    if event.event_type in c.delete_on:
+        columns = row.columns if row is not None else dict(c.empty_columns)
         data = row.data if row is not None else None
         return RowState(key, columns, data, version, event.position, deleted=True)
-    data = resolve(doc, defn.object)
+    data = c.object(doc)
     if data is MISSING:
         raise HandlerError(f"object {defn.object} is missing")
-    columns = {c.name: _typed(c, resolve(doc, c.path)) for c in defn.columns}
+    columns = {name: typed(get(doc)) for name, get, typed in c.columns}
     return RowState(key, columns, data, version, event.position, deleted=False)
 
 
 def keys_of(defn: Definition, events: Sequence[Event]) -> list[tuple[str, ...] | HandlerError]:
     """Each event's row key, or the HandlerError it raises (computed once per batch)."""
+    c = compiled(defn)
     out: list[tuple[str, ...] | HandlerError] = []
     for event in events:
         try:
-            out.append(event_key(defn, event))
+            out.append(event_key(defn, event, c))
         except HandlerError as e:
             out.append(e)
     return out
@@ -278,18 +369,20 @@ def fold(
     """Apply `events` in order over `current`; only changed rows are returned.
 
     `keys`, when given, are `keys_of(defn, events)`."""
+    c = compiled(defn)
     changed: dict[tuple[str, ...], RowState] = {}
     errors: list[tuple[int, str]] = []
     if keys is None:
         keys = keys_of(defn, events)
+    types = None if defn.types is None else frozenset(defn.types)
     for event, key in zip(events, keys, strict=True):
-        if event.duplicate_of is not None or not defn.matches_type(event.event_type):
+        if event.duplicate_of is not None or (types is not None and event.event_type not in types):
             continue
         try:
             if isinstance(key, HandlerError):
                 raise key
             row = changed.get(key) or current.get(key)
-            new = apply_event(defn, event, key, row)
+            new = apply_event(defn, event, key, row, c)
         except HandlerError as e:
             errors.append((event.position, str(e)))
             if defn.on_error == "halt":

@@ -7,6 +7,7 @@ compare alike, whichever batch or rebuild wrote the row.
 
 from __future__ import annotations
 
+import functools
 import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -32,8 +33,11 @@ def version_text(value: Any) -> str:
     return str(value)
 
 
+@functools.lru_cache(maxsize=65_536)
 def version_key(text: str) -> tuple[str, Any]:
-    """(kind, comparable) for a stored version: number, instant, or string."""
+    """(kind, comparable) for a stored version: number, instant, or string.
+
+    Cached (bounded): a log repeats few distinct versions, and each is read many times."""
     if _NUMBER.fullmatch(text):
         try:
             return "number", Decimal(text)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import gc
 import hashlib
+import threading
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -18,13 +23,11 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
-    bindparam,
-    select,
 )
 
 from ledger.config import Config
 from ledger.errors import ConfigError
-from projections.declarative import Definition, HandlerError, RowState, fold, keys_of
+from projections.declarative import KEPT, Definition, HandlerError, RowState, fold, keys_of
 from projections.model import Event
 from projections.python import Projection, load_class
 
@@ -77,7 +80,7 @@ class Projector:
 
 
 class DeclarativeProjector(Projector):
-    """Drives a `Definition`: load the touched rows, fold, upsert the winners."""
+    """Drives a `Definition`: load the touched rows' guard, fold, upsert the winners."""
 
     kind = "declarative"
     tombstones = True
@@ -104,74 +107,162 @@ class DeclarativeProjector(Projector):
         )
 
     def apply(self, conn: Connection, table: Table, events: Sequence[Event]) -> Outcome:
-        wanted = [e for e in events if self.wants(e)]
-        keys = keys_of(self.definition, wanted)
-        current = self.load(conn, table, {k for k in keys if not isinstance(k, HandlerError)})
-        result = fold(self.definition, wanted, current, keys)
-        self.write(conn, table, result.rows.values(), current)
+        with gc_paused():
+            wanted = [e for e in events if self.wants(e)]
+            keys = keys_of(self.definition, wanted)
+            current = self.load(conn, table, {k for k in keys if not isinstance(k, HandlerError)})
+            result = fold(self.definition, wanted, current, keys)
+            self.write(conn, table, result.rows.values())
         return Outcome([(p, m, None) for p, m in result.errors], result.halted_at)
 
     def load(
         self, conn: Connection, table: Table, keys: set[tuple[str, ...]]
     ) -> dict[tuple[str, ...], RowState]:
-        """The current state of the rows with these keys."""
-        d = self.definition
-        key_cols = [table.c[k] for k in d.key_columns]
+        """What the ordering guard needs of the rows with these keys.
+
+        Columns and data stay in the database (KEPT): only a tombstone would carry
+        them over, and `write` leaves them in place for it."""
+        if not keys:
+            return {}
+        sql = _sql(conn, table, self.definition)
+        width = len(self.definition.key_columns)
         found: dict[tuple[str, ...], RowState] = {}
-        ordered = sorted(keys)
-        for i in range(0, len(ordered), KEY_CHUNK):
-            chunk = ordered[i : i + KEY_CHUNK]
-            # One IN list per key column, then an exact filter here: both databases
-            # search the primary key this way, while a row-value IN scans on SQLite.
-            conds = [col.in_(sorted({k[n] for k in chunk})) for n, col in enumerate(key_cols)]
-            for row in conn.execute(select(table).where(*conds)):
-                m = row._mapping
-                key = tuple(m[k] for k in d.key_columns)
-                if key not in keys:
-                    continue
-                found[key] = RowState(
-                    key=key,
-                    columns={c: m[c] for c in d.column_names},
-                    data=m["data"],
-                    version=m["version"],
-                    position=m["position"],
-                    deleted=m["deleted"],
-                )
+        ordered = sorted(keys)  # index order: neighbouring keys share pages
+        cursor = conn.connection.cursor()
+        try:
+            for i in range(0, len(ordered), KEY_CHUNK):
+                chunk = ordered[i : i + KEY_CHUNK]
+                cursor.execute(sql.load(len(chunk)), [part for key in chunk for part in key])
+                for row in cursor.fetchall():
+                    key = tuple(row[:width])
+                    found[key] = RowState(
+                        key, KEPT, KEPT, row[width], row[width + 1], bool(row[width + 2])
+                    )
+        finally:
+            cursor.close()
         return found
 
-    def write(self, conn, table: Table, rows, current: Mapping[tuple[str, ...], RowState]) -> None:
-        """Insert new keys, update known ones: only the winning state of each key is written."""
+    def write(self, conn: Connection, table: Table, rows: Iterable[RowState]) -> None:
+        """Upsert the winning state of each key, in key order, as plain driver parameters.
+
+        A tombstone over a row loaded for the guard only updates the guard columns."""
         d = self.definition
-        inserts: list[dict[str, Any]] = []
-        updates: list[dict[str, Any]] = []
-        for row in rows:
-            values = {
-                **dict(zip(d.key_columns, row.key, strict=True)),
-                **row.columns,
-                "data": row.data,
-                "version": row.version,
-                "position": row.position,
-                "deleted": row.deleted,
-            }
-            (updates if row.key in current else inserts).append(values)
-        if inserts:
-            conn.execute(table.insert(), inserts)
-        if updates:
-            where = [table.c[k] == bindparam(f"k_{k}") for k in d.key_columns]
-            setters = {
-                c: bindparam(f"v_{c}")
-                for c in (*d.column_names, "data", "version", "position", "deleted")
-            }
-            conn.execute(
-                table.update().where(*where).values(setters),
-                [
-                    {
-                        **{f"k_{k}": u[k] for k in d.key_columns},
-                        **{f"v_{c}": u[c] for c in setters},
-                    }
-                    for u in updates
-                ],
-            )
+        sql = _sql(conn, table, d)
+        names = d.column_names
+        full: list[tuple[Any, ...]] = []
+        kept: list[tuple[Any, ...]] = []
+        for row in sorted(rows, key=_by_key):
+            if row.data is KEPT:
+                kept.append((row.version, row.position, row.deleted, *row.key))
+            else:
+                columns = row.columns
+                full.append(
+                    (
+                        *row.key,
+                        *[columns[c] for c in names],
+                        _json(row.data),
+                        row.version,
+                        row.position,
+                        row.deleted,
+                    )
+                )
+        cursor = conn.connection.cursor()
+        try:
+            if full:
+                cursor.executemany(sql.upsert, full)
+            if kept:
+                cursor.executemany(sql.tombstone, kept)
+        finally:
+            cursor.close()
+
+
+_gc_lock = threading.Lock()
+_gc_pauses = 0
+_gc_paused_by_us = False
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Hold the cyclic garbage collector off while a batch builds its objects.
+
+    A batch parses thousands of JSON documents: each is a tracked container, and
+    the collector's passes over them cost as much as the fold itself. Nothing a
+    batch builds is cyclic, so reference counting frees it all anyway. Nested and
+    threaded uses share one count; a collector disabled by someone else stays so."""
+    global _gc_pauses, _gc_paused_by_us
+    with _gc_lock:
+        if _gc_pauses == 0 and gc.isenabled():
+            gc.disable()
+            _gc_paused_by_us = True
+        _gc_pauses += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_paused_by_us:
+                _gc_paused_by_us = False
+                gc.enable()
+
+
+def _by_key(row: RowState) -> tuple[str, ...]:
+    return row.key
+
+
+def _json(value: Any) -> str:
+    # As SQLAlchemy's JSON type stored it (None is JSON null, not SQL NULL).
+    return orjson.dumps(value).decode()
+
+
+@dataclass(frozen=True)
+class RowSql:
+    """The driver-level statements of one declarative table, for one dialect."""
+
+    select: str
+    upsert: str
+    tombstone: str
+    mark: str
+
+    def load(self, count: int) -> str:
+        return self.select.replace("{keys}", ", ".join([self.mark] * count))
+
+
+@functools.lru_cache(maxsize=256)
+def _row_sql(dialect: str, paramstyle: str, table_name: str, defn: Definition) -> RowSql:
+    q = _quote_identifier
+    mark = "?" if paramstyle == "qmark" else "%s"
+    keys = [q(k) for k in defn.key_columns]
+    values = [q(c) for c in defn.column_names] + ['"data"', '"version"', '"position"', '"deleted"']
+    t = q(table_name)
+    json_mark = mark if dialect == "sqlite" else f"CAST({mark} AS JSON)"
+    marks = [mark] * (len(keys) + len(defn.column_names)) + [json_mark, mark, mark, mark]
+    key_row = "(" + ", ".join([mark] * len(keys)) + ")"
+    return RowSql(
+        select=(
+            f'SELECT {", ".join("t." + k for k in keys)}, t."version", t."position", '
+            f't."deleted" FROM {t} AS t JOIN (VALUES {{keys}}) AS k ON '
+            + " AND ".join(f"t.{k} = k.column{n}" for n, k in enumerate(keys, start=1))
+        ),
+        upsert=(
+            f"INSERT INTO {t} ({', '.join(keys + values)}) VALUES ({', '.join(marks)}) "
+            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
+            + ", ".join(f"{v} = excluded.{v}" for v in values)
+        ),
+        tombstone=(
+            f'UPDATE {t} SET "version" = {mark}, "position" = {mark}, "deleted" = {mark} '
+            f"WHERE " + " AND ".join(f"{k} = {mark}" for k in keys)
+        ),
+        mark=key_row,
+    )
+
+
+def _sql(conn: Connection, table: Table, defn: Definition) -> RowSql:
+    return _row_sql(conn.dialect.name, conn.dialect.paramstyle, table.name, defn)
+
+
+def _quote_identifier(name: str) -> str:
+    # SQLite and PostgreSQL quote identifiers alike.
+    return '"' + name.replace('"', '""') + '"'
 
 
 class PythonProjector(Projector):

@@ -17,11 +17,10 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 
-from sqlalchemy import Engine, Row, select
+from sqlalchemy import Engine, Row
 
 from ledger.db import translated, writer
 from ledger.errors import HookledgerError
-from ledger.schema import events
 from ledger.store import read_head
 from projections import registry
 from projections.model import Event
@@ -41,16 +40,28 @@ def worker_id() -> str:
 
 
 def read_events(conn, projector: Projector, after: int, upto: int) -> list[Event]:
-    """The events a projector may want in (after, upto], in position order."""
-    c = events.c
-    query = select(
-        c.position, c.source, c.event_id, c.event_type, c.received_at_us, c.body, c.duplicate_of
-    ).where(c.position > after, c.position <= upto)
+    """The events a projector may want in (after, upto], in position order.
+
+    Read with a driver cursor: a rebuild reads millions of rows, and building
+    SQLAlchemy rows for them cost more than the fold itself."""
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    sql = (
+        "SELECT position, source, event_id, event_type, received_at_us, body, duplicate_of "
+        f"FROM events WHERE position > {mark} AND position <= {mark}"
+    )
+    params: list = [after, upto]
     if projector.source is not None:
-        query = query.where(c.source == projector.source)
+        sql += f" AND source = {mark}"
+        params.append(projector.source)
     if projector.types is not None:
-        query = query.where(c.event_type.in_(projector.types))
-    return [Event(*row) for row in conn.execute(query.order_by(c.position))]
+        sql += f" AND event_type IN ({', '.join([mark] * len(projector.types))})"
+        params.extend(projector.types)
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(sql + " ORDER BY position", params)
+        return [Event(*row) for row in cursor.fetchall()]
+    finally:
+        cursor.close()
 
 
 class Worker:
