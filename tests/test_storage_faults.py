@@ -6,7 +6,9 @@ import sqlite3
 import threading
 
 import psycopg
+from sqlalchemy import event
 
+from ledger.verify import verify_ledger
 from tests.helpers import stored_bodies
 
 CONFIG = """
@@ -83,3 +85,36 @@ def test_concurrent_deliveries_share_commits(make_client, db_url):
     assert appender.appended == 64
     assert appender.batches <= 64
     assert sorted(stored_bodies(db_url)) == sorted(b'{"i":%d}' % i for i in range(64))
+
+
+def test_sqlite_disk_full_answers_503_keeps_the_log_whole_then_recovers(make_client, db_url):
+    """A full disk (SQLITE_FULL, simulated with max_page_count) refuses the delivery with a
+    503 and writes nothing of it; once there is room again, ingest resumes where it was."""
+    if not db_url.startswith("sqlite"):
+        return  # PostgreSQL's full disk cannot be simulated here; its outage test is above
+    client = make_client(CONFIG)
+    engine = client.app.state.hl.engine
+    room = {"pages": None}  # None: no limit
+
+    @event.listens_for(engine, "begin")
+    def _limit(conn) -> None:  # runs inside every transaction, the appender's included
+        if room["pages"] is not None:
+            conn.exec_driver_sql(f"PRAGMA max_page_count = {room['pages']}")
+        else:
+            conn.exec_driver_sql("PRAGMA max_page_count = 4294967294")
+
+    assert client.post("/hooks/app", content=b"before").status_code == 202
+    with engine.connect() as conn:
+        room["pages"] = conn.exec_driver_sql("PRAGMA page_count").scalar()
+    r = client.post("/hooks/app", content=b"x" * 300_000)  # needs ~75 new pages
+    assert r.status_code == 503, r.text
+    assert r.headers["retry-after"]
+    assert r.json()["error"] == "storage_unavailable"
+    assert "full" in r.json()["detail"]
+    assert stored_bodies(db_url) == [b"before"]
+    room["pages"] = None  # the operator freed some space
+    after = client.post("/hooks/app", content=b"after")
+    assert after.status_code == 202, after.text
+    assert after.json()["position"] == 2
+    assert stored_bodies(db_url) == [b"before", b"after"]
+    assert verify_ledger(engine).ok
