@@ -1076,7 +1076,7 @@ LAYERS = (
     ("asyncio/runners.py:Runner.run", "uvloop's C event loop (epoll, socket reads, callbacks)"),
     ("uvicorn/", "uvicorn (HTTP protocol on httptools, response writes)"),
     ("starlette/", "Starlette (request, routing, exception wrapper, response)"),
-    ("api/access_log.py", "hookledger's access log middleware (`api/access_log.py`)"),
+    ("api/access_log.py", "hookledger's access log (`api/access_log.py`)"),
     ("logging/", "stdlib `logging`"),
     ("prometheus_client/", "`prometheus_client` (metrics)"),
     ("api/", "hookledger `api/` (ingest route, body read)"),
@@ -1085,14 +1085,14 @@ LAYERS = (
 )
 
 KEY_FUNCTIONS = {  # steps of the ingest path; those absent from the profile are skipped
-    "api/ingest.py:FastPath.__call__": "`api.ingest.FastPath` (the ingest route's fast path)",
-    "api/ingest.py:ingest": "`api.ingest.ingest` (the whole POST handler)",
+    "api/app.py:HookledgerApp.__call__": "`api.app.HookledgerApp` (every request, all inside it)",
+    "api/ingest.py:Ingest.fast": "`api.ingest.Ingest.fast` (the whole POST handler)",
     "api/ingest.py:_ingest": "`api.ingest._ingest` (read, verify, append, answer)",
     "api/ingest.py:read_body": "`api.ingest.read_body`",
     "ledger/intake.py:decide": "`ledger.intake.decide` (verify, canonical headers, sha256)",
     "ledger/appender.py:Appender._submit": "`ledger.appender.Appender._submit` (hand-off)",
-    "api/access_log.py:AccessLog.__call__": "`api.access_log.AccessLog` (all inside it)",
-    "api/access_log.py:AccessLog._flush": "`api.access_log.AccessLog._flush` (log writes)",
+    "api/access_log.py:AccessLines.add": "`api.access_log.AccessLines.add` (one access line)",
+    "api/access_log.py:AccessLines._flush": "`api.access_log.AccessLines._flush` (log writes)",
     "logging/__init__.py:Logger.info": "`logging.Logger.info`",
     "ledger/appender.py:Appender._write": "`ledger.appender.Appender._write` (one batch)",
     "ledger/store.py:append_batch": "`ledger.store.append_batch` (chain + INSERT)",
