@@ -122,17 +122,25 @@ def append_batch(conn: Connection, batch: Sequence[NewEvent]) -> list[Appended]:
         )
         out.append(Appended(position, duplicate_of, digest))
     # The hot path: straight to the driver, no per-row SQL expression work, and one
-    # multi-row INSERT per INSERT_ROWS rows rather than an executemany: SQLite's driver
-    # releases and retakes the GIL around every statement it steps, and under load the
-    # event loop holds the GIL, so each retake can wait for a thread switch.
-    for start in range(0, len(rows), INSERT_ROWS):
-        chunk = rows[start : start + INSERT_ROWS]
-        sql = _insert_sql(conn.dialect.paramstyle, len(chunk))
-        conn.exec_driver_sql(sql, tuple(value for row in chunk for value in row))
-    conn.exec_driver_sql(_HEAD_UPDATE_SQL.replace("?", marker), (position, digest))
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}")  # delivered at commit
+    # multi-row INSERT per chunk of rows rather than an executemany: SQLite's driver
+    # releases and retakes the GIL around every statement it steps, and PostgreSQL
+    # takes a round trip per statement.
+    postgres = conn.dialect.name == "postgresql"
+    size = PG_INSERT_ROWS if postgres else SQLITE_INSERT_ROWS
+    chunks = [rows[start : start + size] for start in range(0, len(rows), size)]
+    for chunk in chunks[:-1]:
+        conn.exec_driver_sql(_insert_sql(marker, len(chunk)), _flat(chunk))
+    last = chunks[-1]
+    if postgres:  # the last rows, the head and the wake-up in one round trip
+        conn.exec_driver_sql(_pg_tail_sql(len(last)), (*_flat(last), position, digest))
+    else:
+        conn.exec_driver_sql(_insert_sql(marker, len(last)), _flat(last))
+        conn.exec_driver_sql(_HEAD_UPDATE_SQL, (position, digest))
     return out
+
+
+def _flat(rows: list[list]) -> tuple:
+    return tuple(value for row in rows for value in row)
 
 
 _HEAD_SQL = "SELECT position, hash FROM ledger_head WHERE id = 1"
@@ -141,16 +149,26 @@ _INSERT_COLUMNS = (
     "position, source, received_at_us, event_id, event_type, query, headers, body, "
     "body_sha256, content_type, remote_addr, verification, duplicate_of, hash, secret_index"
 )
-# Rows per INSERT statement: 64 x 15 parameters stays under 999, the smallest limit
-# on bound parameters any SQLite build has had.
-INSERT_ROWS = 64
+# Rows per INSERT statement: 64 x 15 parameters stays under 999, the smallest limit on
+# bound parameters any SQLite build has had; PostgreSQL takes up to 65,535.
+SQLITE_INSERT_ROWS = 64
+PG_INSERT_ROWS = 1000
 
 
 @functools.cache
-def _insert_sql(paramstyle: str, rows: int) -> str:
-    marker = "?" if paramstyle == "qmark" else "%s"
+def _insert_sql(marker: str, rows: int) -> str:
     values = "(" + ", ".join([marker] * 15) + ")"
     return f"INSERT INTO events ({_INSERT_COLUMNS}) VALUES {', '.join([values] * rows)}"
+
+
+@functools.cache
+def _pg_tail_sql(rows: int) -> str:
+    """INSERT the rows, move the head and notify projectors (at commit), as one statement."""
+    return (
+        f"WITH appended AS ({_insert_sql('%s', rows)}), "
+        "head AS (UPDATE ledger_head SET position = %s, hash = %s WHERE id = 1) "
+        f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"
+    )
 
 
 def _first_positions(conn: Connection, batch: Sequence[NewEvent]) -> dict[tuple[str, str], int]:

@@ -9,7 +9,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
 from ledger import chain, migrate
-from ledger.db import make_engine
+from ledger.db import make_engine, writer
 from ledger.errors import ImportRefused
 from ledger.schema import events
 from ledger.store import get_event, iter_events, read_head
@@ -186,3 +186,37 @@ def test_export_lines_carry_every_column(engine):
             assert column.name in doc
     assert doc["body_base64"] == "aGk="
     assert doc["received_at"].endswith("Z") and "." in doc["received_at"]
+
+
+def test_a_large_batch_spans_several_insert_statements(engine):
+    """Batches larger than one INSERT statement takes (SQLite 64 rows, PostgreSQL 1,000)
+    are split, and the chain runs through the split unbroken."""
+    batch = [new_event(b'{"n":%d}' % i) for i in range(1500)]
+    appended = append(engine, batch)
+    assert [a.position for a in appended] == list(range(1, 1501))
+    rows = list(iter_events(engine))
+    with engine.connect() as conn:
+        assert read_head(conn) == (1500, appended[-1].hash)
+    assert [r.body for r in rows] == [e.body for e in batch]
+    assert [r.hash for r in rows] == spec_chain(rows)
+
+
+def test_an_append_notifies_listeners_at_commit_on_postgresql(engine, db_url):
+    """Projectors in other processes LISTEN; each committed batch wakes them, and a batch
+    rolled back wakes nobody."""
+    if not db_url.startswith("postgresql"):
+        return
+    import psycopg
+
+    from ledger.store import NOTIFY_CHANNEL, append_batch
+
+    with psycopg.connect(engine.url.set(drivername="postgresql").render_as_string(False)) as lis:
+        lis.autocommit = True
+        lis.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        with writer(engine.connect()) as conn, conn.begin() as tx:
+            append_batch(conn, [new_event(b"rolled back")])
+            tx.rollback()
+        assert list(lis.notifies(timeout=0.5)) == []
+        append(engine, [new_event(b"kept")])
+        woken = list(lis.notifies(timeout=5, stop_after=1))
+        assert [n.channel for n in woken] == [NOTIFY_CHANNEL]
