@@ -340,23 +340,30 @@ def apply_event(
     if event.event_type in c.delete_on:
         columns = row.columns if row is not None else dict(c.empty_columns)
         data = row.data if row is not None else None
-        return RowState(key, columns, data, version, event.position, deleted=True)
+        return RowState(key, columns, data, version, event.position, True)
     data = c.object(doc)
     if data is MISSING:
         raise HandlerError(f"object {defn.object} is missing")
     columns = {name: typed(get(doc)) for name, get, typed in c.columns}
-    return RowState(key, columns, data, version, event.position, deleted=False)
+    return RowState(key, columns, data, version, event.position, False)
 
 
 def keys_of(defn: Definition, events: Sequence[Event]) -> list[tuple[str, ...] | HandlerError]:
     """Each event's row key, or the HandlerError it raises (computed once per batch)."""
     c = compiled(defn)
+    getters = tuple(get for _, get in c.keys)
     out: list[tuple[str, ...] | HandlerError] = []
+    append = out.append
     for event in events:
+        doc = event.json()
+        key = tuple([get(doc) for get in getters])
+        if all(type(part) is str for part in key):  # the usual case, decided without a call
+            append(key)
+            continue
         try:
-            out.append(event_key(defn, event, c))
+            append(event_key(defn, event, c))
         except HandlerError as e:
-            out.append(e)
+            append(e)
     return out
 
 

@@ -6,9 +6,10 @@ import contextlib
 import functools
 import gc
 import hashlib
+import operator
 import threading
 import traceback
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,13 +111,16 @@ class DeclarativeProjector(Projector):
         with gc_paused():
             wanted = [e for e in events if self.wants(e)]
             keys = keys_of(self.definition, wanted)
-            current = self.load(conn, table, {k for k in keys if not isinstance(k, HandlerError)})
+            # Index order, for the load and the write alike: neighbouring keys share pages.
+            ordered = sorted({k for k in keys if not isinstance(k, HandlerError)})
+            current = self.load(conn, table, ordered)
             result = fold(self.definition, wanted, current, keys)
-            self.write(conn, table, result.rows.values())
+            changed = result.rows
+            self.write(conn, table, [changed[k] for k in ordered if k in changed])
         return Outcome([(p, m, None) for p, m in result.errors], result.halted_at)
 
     def load(
-        self, conn: Connection, table: Table, keys: set[tuple[str, ...]]
+        self, conn: Connection, table: Table, keys: Sequence[tuple[str, ...]]
     ) -> dict[tuple[str, ...], RowState]:
         """What the ordering guard needs of the rows with these keys.
 
@@ -127,7 +131,7 @@ class DeclarativeProjector(Projector):
         sql = _sql(conn, table, self.definition)
         width = len(self.definition.key_columns)
         found: dict[tuple[str, ...], RowState] = {}
-        ordered = sorted(keys)  # index order: neighbouring keys share pages
+        ordered = list(keys)
         cursor = conn.connection.cursor()
         try:
             for i in range(0, len(ordered), KEY_CHUNK):
@@ -143,28 +147,24 @@ class DeclarativeProjector(Projector):
         return found
 
     def write(self, conn: Connection, table: Table, rows: Iterable[RowState]) -> None:
-        """Upsert the winning state of each key, in key order, as plain driver parameters.
+        """Upsert the winning state of each key, in the order given, as plain driver parameters.
 
         A tombstone over a row loaded for the guard only updates the guard columns."""
-        d = self.definition
-        sql = _sql(conn, table, d)
-        names = d.column_names
+        sql = _sql(conn, table, self.definition)
+        columns_of = _columns_getter(self.definition.column_names)
+        dumps = orjson.dumps
         full: list[tuple[Any, ...]] = []
         kept: list[tuple[Any, ...]] = []
-        for row in sorted(rows, key=_by_key):
+        for row in rows:
             if row.data is KEPT:
                 kept.append((row.version, row.position, row.deleted, *row.key))
             else:
-                columns = row.columns
+                # As SQLAlchemy's JSON type stored it (None is JSON null, not SQL NULL).
+                data = dumps(row.data).decode()
                 full.append(
-                    (
-                        *row.key,
-                        *[columns[c] for c in names],
-                        _json(row.data),
-                        row.version,
-                        row.position,
-                        row.deleted,
-                    )
+                    row.key
+                    + columns_of(row.columns)
+                    + (data, row.version, row.position, row.deleted)
                 )
         cursor = conn.connection.cursor()
         try:
@@ -205,13 +205,15 @@ def gc_paused() -> Iterator[None]:
                 gc.enable()
 
 
-def _by_key(row: RowState) -> tuple[str, ...]:
-    return row.key
-
-
-def _json(value: Any) -> str:
-    # As SQLAlchemy's JSON type stored it (None is JSON null, not SQL NULL).
-    return orjson.dumps(value).decode()
+@functools.lru_cache(maxsize=256)
+def _columns_getter(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """The declared columns' values of a row, as a tuple in declaration order."""
+    if not names:
+        return lambda _: ()
+    if len(names) == 1:
+        (name,) = names
+        return lambda columns: (columns[name],)
+    return operator.itemgetter(*names)
 
 
 @dataclass(frozen=True)

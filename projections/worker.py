@@ -9,6 +9,7 @@ crash at any instant neither loses nor repeats an effect.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
@@ -59,7 +60,7 @@ def read_events(conn, projector: Projector, after: int, upto: int) -> list[Event
     cursor = conn.connection.cursor()
     try:
         cursor.execute(sql + " ORDER BY position", params)
-        return [Event(*row) for row in cursor.fetchall()]
+        return list(itertools.starmap(Event, cursor.fetchall()))
     finally:
         cursor.close()
 
