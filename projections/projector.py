@@ -43,6 +43,7 @@ RESERVED_NAMES = {
 }
 SQL_TYPES = {"text": Text, "integer": BigInteger, "number": Float, "boolean": Boolean}
 KEY_CHUNK = 500
+COPY_ROWS = 1000
 
 
 @dataclass
@@ -85,6 +86,7 @@ class DeclarativeProjector(Projector):
 
     kind = "declarative"
     tombstones = True
+    copy_rows = COPY_ROWS  # PostgreSQL: from this many winners a batch COPYs them
 
     def __init__(self, definition: Definition) -> None:
         self.definition = definition
@@ -131,12 +133,10 @@ class DeclarativeProjector(Projector):
         sql = _sql(conn, table, self.definition)
         width = len(self.definition.key_columns)
         found: dict[tuple[str, ...], RowState] = {}
-        ordered = list(keys)
         cursor = conn.connection.cursor()
         try:
-            for i in range(0, len(ordered), KEY_CHUNK):
-                chunk = ordered[i : i + KEY_CHUNK]
-                cursor.execute(sql.load(len(chunk)), [part for key in chunk for part in key])
+            for statement, params in sql.loads(keys):
+                cursor.execute(statement, params)
                 for row in cursor.fetchall():
                     key = tuple(row[:width])
                     found[key] = RowState(
@@ -168,7 +168,16 @@ class DeclarativeProjector(Projector):
                 )
         cursor = conn.connection.cursor()
         try:
-            if full:
+            if sql.staged and len(full) >= self.copy_rows:
+                # PostgreSQL: COPY into a transaction-scoped staging table, then one
+                # set-based upsert, instead of one INSERT per row.
+                cursor.execute(sql.stage)
+                with cursor.copy(sql.copy) as copy:
+                    for values in full:
+                        copy.write_row(values)
+                cursor.execute(sql.merge)
+                cursor.execute(sql.unstage)
+            elif full:
                 cursor.executemany(sql.upsert, full)
             if kept:
                 cursor.executemany(sql.tombstone, kept)
@@ -224,9 +233,22 @@ class RowSql:
     upsert: str
     tombstone: str
     mark: str
+    arrays: bool
+    staged: bool = False
+    stage: str = ""
+    copy: str = ""
+    merge: str = ""
+    unstage: str = ""
 
-    def load(self, count: int) -> str:
-        return self.select.replace("{keys}", ", ".join([self.mark] * count))
+    def loads(self, keys: Sequence[tuple[str, ...]]) -> Iterator[tuple[str, list[Any]]]:
+        """The statements (and their parameters) that select the guard of these keys."""
+        if self.arrays:  # PostgreSQL: one array per key column, one statement
+            yield self.select, [list(column) for column in zip(*keys, strict=True)]
+            return
+        for i in range(0, len(keys), KEY_CHUNK):
+            chunk = keys[i : i + KEY_CHUNK]
+            marks = ", ".join([self.mark] * len(chunk))
+            yield self.select.replace("{keys}", marks), [part for key in chunk for part in key]
 
 
 @functools.lru_cache(maxsize=256)
@@ -239,14 +261,34 @@ def _row_sql(dialect: str, paramstyle: str, table_name: str, defn: Definition) -
     json_mark = mark if dialect == "sqlite" else f"CAST({mark} AS JSON)"
     marks = [mark] * (len(keys) + len(defn.column_names)) + [json_mark, mark, mark, mark]
     key_row = "(" + ", ".join([mark] * len(keys)) + ")"
+    arrays = dialect == "postgresql"
+    # SQLite: a VALUES list joined on the primary key (a row-value IN would scan).
+    # PostgreSQL: unnest of one array per key column, whatever the number of keys.
+    keys_source = (
+        f"unnest({', '.join([f'{mark}::text[]'] * len(keys))}) AS k"
+        f"({', '.join(f'column{n}' for n in range(1, len(keys) + 1))})"
+        if arrays
+        else "(VALUES {keys}) AS k"
+    )
+    staging = q(f"stage_{table_name}")
+    columns = ", ".join(keys + values)
     return RowSql(
+        staged=dialect == "postgresql",
+        stage=f"CREATE TEMPORARY TABLE {staging} (LIKE {t}) ON COMMIT DROP",
+        copy=f"COPY {staging} ({columns}) FROM STDIN",
+        merge=(
+            f"INSERT INTO {t} ({columns}) SELECT {columns} FROM {staging} "
+            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
+            + ", ".join(f"{v} = excluded.{v}" for v in values)
+        ),
+        unstage=f"DROP TABLE {staging}",
         select=(
             f'SELECT {", ".join("t." + k for k in keys)}, t."version", t."position", '
-            f't."deleted" FROM {t} AS t JOIN (VALUES {{keys}}) AS k ON '
+            f't."deleted" FROM {t} AS t JOIN {keys_source} ON '
             + " AND ".join(f"t.{k} = k.column{n}" for n, k in enumerate(keys, start=1))
         ),
         upsert=(
-            f"INSERT INTO {t} ({', '.join(keys + values)}) VALUES ({', '.join(marks)}) "
+            f"INSERT INTO {t} ({columns}) VALUES ({', '.join(marks)}) "
             f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
             + ", ".join(f"{v} = excluded.{v}" for v in values)
         ),
@@ -255,6 +297,7 @@ def _row_sql(dialect: str, paramstyle: str, table_name: str, defn: Definition) -
             f"WHERE " + " AND ".join(f"{k} = {mark}" for k in keys)
         ),
         mark=key_row,
+        arrays=arrays,
     )
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from projections import registry
 from projections.declarative import RowState, fold
-from projections.projector import gc_paused
+from projections.projector import COPY_ROWS, gc_paused
 from projections.worker import Worker, read_events
 from tests.helpers import append, new_event
 from tests.projection_support import ENTITIES, drain, entity_body, projectors_for
@@ -62,11 +62,12 @@ def table(conn, name: str = "entities") -> dict[tuple, tuple]:
     return out
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_every_chunking_and_a_rebuild_give_the_event_by_event_table(engine, seed):
+@pytest.mark.parametrize("seed,copy_rows", [(1, 1), (2, COPY_ROWS), (3, 1)])
+def test_every_chunking_and_a_rebuild_give_the_event_by_event_table(engine, seed, copy_rows):
     stream = shuffled_stream(seed, 150)
     append(engine, [new_event(b, event_id=i, event_type=k) for k, b, i in stream])
     projectors = projectors_for(entities=ENTITIES)
+    projectors["entities"].copy_rows = copy_rows  # 1: PostgreSQL COPYs every batch
     expected = one_at_a_time(engine, projectors["entities"].definition)
     assert any(row[5] for row in expected.values()), "the stream should leave tombstones"
 
