@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -210,12 +211,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         child(args.child, args.url)
         return 0
-    url = args.url or f"sqlite:///{tempfile.mkdtemp(prefix='hl-rebuild-')}/ledger.db"
-    t0 = time.perf_counter()
-    generate(url, args.events)
-    print(f"generated {args.events:,} events in {time.perf_counter() - t0:.1f}s ({url})")
-    hand = measure("hand", url)
-    engine = measure("engine", url)
+    scratch = None if args.url else tempfile.mkdtemp(prefix="hl-rebuild-")
+    url = args.url or f"sqlite:///{scratch}/ledger.db"
+    try:
+        t0 = time.perf_counter()
+        generate(url, args.events)
+        print(f"generated {args.events:,} events in {time.perf_counter() - t0:.1f}s ({url})")
+        hand = measure("hand", url)
+        engine = measure("engine", url)
+    finally:
+        if scratch is not None:  # a million events is 1.4 GB: do not leave it behind
+            shutil.rmtree(scratch, ignore_errors=True)
     for name, r in (("hand loop", hand), ("hookledger", engine)):
         rate = r["events"] / r["seconds"]
         print(
