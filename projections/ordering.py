@@ -33,7 +33,7 @@ def version_text(value: Any) -> str:
     return str(value)
 
 
-@functools.lru_cache(maxsize=65_536)
+@functools.lru_cache(maxsize=16_384)
 def version_key(text: str) -> tuple[str, Any]:
     """(kind, comparable) for a stored version: number, instant, or string.
 

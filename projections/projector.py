@@ -242,11 +242,11 @@ class RowSql:
     tombstone: str
     mark: str
     arrays: bool
-    staged: bool = False
-    stage: str = ""
-    copy: str = ""
-    merge: str = ""
-    unstage: str = ""
+    staged: bool
+    stage: str
+    copy: str
+    merge: str
+    unstage: str
 
     def loads(self, keys: Sequence[tuple[str, ...]]) -> Iterator[tuple[str, list[Any]]]:
         """The statements (and their parameters) that select the guard of these keys."""
@@ -280,26 +280,21 @@ def _row_sql(dialect: str, paramstyle: str, table_name: str, defn: Definition) -
     )
     staging = q(f"stage_{table_name}")
     columns = ", ".join(keys + values)
+    on_conflict = f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET " + ", ".join(
+        f"{v} = excluded.{v}" for v in values
+    )
     return RowSql(
         staged=dialect == "postgresql",
         stage=f"CREATE TEMPORARY TABLE {staging} (LIKE {t}) ON COMMIT DROP",
         copy=f"COPY {staging} ({columns}) FROM STDIN",
-        merge=(
-            f"INSERT INTO {t} ({columns}) SELECT {columns} FROM {staging} "
-            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
-            + ", ".join(f"{v} = excluded.{v}" for v in values)
-        ),
+        merge=(f"INSERT INTO {t} ({columns}) SELECT {columns} FROM {staging} {on_conflict}"),
         unstage=f"DROP TABLE {staging}",
         select=(
             f'SELECT {", ".join("t." + k for k in keys)}, t."version", t."position", '
             f't."deleted" FROM {t} AS t JOIN {keys_source} ON '
             + " AND ".join(f"t.{k} = k.column{n}" for n, k in enumerate(keys, start=1))
         ),
-        upsert=(
-            f"INSERT INTO {t} ({columns}) VALUES ({', '.join(marks)}) "
-            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
-            + ", ".join(f"{v} = excluded.{v}" for v in values)
-        ),
+        upsert=(f"INSERT INTO {t} ({columns}) VALUES ({', '.join(marks)}) {on_conflict}"),
         tombstone=(
             f'UPDATE {t} SET "version" = {mark}, "position" = {mark}, "deleted" = {mark} '
             f"WHERE " + " AND ".join(f"{k} = {mark}" for k in keys)
