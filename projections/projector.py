@@ -31,6 +31,7 @@ from ledger.errors import ConfigError
 from projections.declarative import KEPT, Definition, HandlerError, RowState, fold, keys_of
 from projections.model import Event
 from projections.python import Projection, load_class
+from projections.table_sql import RowSql, row_sql
 
 RESERVED_NAMES = {
     "events",
@@ -42,7 +43,6 @@ RESERVED_NAMES = {
     "projection_errors",
 }
 SQL_TYPES = {"text": Text, "integer": BigInteger, "number": Float, "boolean": Boolean}
-KEY_CHUNK = 500
 COPY_ROWS = 1000
 
 
@@ -233,84 +233,8 @@ def _columns_getter(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[
     return operator.itemgetter(*names)
 
 
-@dataclass(frozen=True)
-class RowSql:
-    """The driver-level statements of one declarative table, for one dialect."""
-
-    select: str
-    upsert: str
-    tombstone: str
-    mark: str
-    arrays: bool
-    staged: bool
-    stage: str
-    copy: str
-    merge: str
-    unstage: str
-
-    def loads(self, keys: Sequence[tuple[str, ...]]) -> Iterator[tuple[str, list[Any]]]:
-        """The statements (and their parameters) that select the guard of these keys."""
-        if self.arrays:  # PostgreSQL: one array per key column, one statement
-            yield self.select, [list(column) for column in zip(*keys, strict=True)]
-            return
-        for i in range(0, len(keys), KEY_CHUNK):
-            chunk = keys[i : i + KEY_CHUNK]
-            marks = ", ".join([self.mark] * len(chunk))
-            yield self.select.replace("{keys}", marks), [part for key in chunk for part in key]
-
-
-@functools.lru_cache(maxsize=256)
-def _row_sql(dialect: str, paramstyle: str, table_name: str, defn: Definition) -> RowSql:
-    q = _quote_identifier
-    mark = "?" if paramstyle == "qmark" else "%s"
-    keys = [q(k) for k in defn.key_columns]
-    values = [q(c) for c in defn.column_names] + ['"data"', '"version"', '"position"', '"deleted"']
-    t = q(table_name)
-    json_mark = mark if dialect == "sqlite" else f"CAST({mark} AS JSON)"
-    marks = [mark] * (len(keys) + len(defn.column_names)) + [json_mark, mark, mark, mark]
-    key_row = "(" + ", ".join([mark] * len(keys)) + ")"
-    arrays = dialect == "postgresql"
-    # SQLite: a VALUES list joined on the primary key (a row-value IN would scan).
-    # PostgreSQL: unnest of one array per key column, whatever the number of keys.
-    keys_source = (
-        f"unnest({', '.join([f'{mark}::text[]'] * len(keys))}) AS k"
-        f"({', '.join(f'column{n}' for n in range(1, len(keys) + 1))})"
-        if arrays
-        else "(VALUES {keys}) AS k"
-    )
-    staging = q(f"stage_{table_name}")
-    columns = ", ".join(keys + values)
-    on_conflict = f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET " + ", ".join(
-        f"{v} = excluded.{v}" for v in values
-    )
-    return RowSql(
-        staged=dialect == "postgresql",
-        stage=f"CREATE TEMPORARY TABLE {staging} (LIKE {t}) ON COMMIT DROP",
-        copy=f"COPY {staging} ({columns}) FROM STDIN",
-        merge=(f"INSERT INTO {t} ({columns}) SELECT {columns} FROM {staging} {on_conflict}"),
-        unstage=f"DROP TABLE {staging}",
-        select=(
-            f'SELECT {", ".join("t." + k for k in keys)}, t."version", t."position", '
-            f't."deleted" FROM {t} AS t JOIN {keys_source} ON '
-            + " AND ".join(f"t.{k} = k.column{n}" for n, k in enumerate(keys, start=1))
-        ),
-        upsert=(f"INSERT INTO {t} ({columns}) VALUES ({', '.join(marks)}) {on_conflict}"),
-        tombstone=(
-            f'UPDATE {t} SET "version" = {mark}, "position" = {mark}, "deleted" = {mark} '
-            f"WHERE " + " AND ".join(f"{k} = {mark}" for k in keys)
-        ),
-        mark=key_row,
-        arrays=arrays,
-    )
-
-
 def _sql(conn: Connection, table: Table, defn: Definition) -> RowSql:
-    return _row_sql(conn.dialect.name, conn.dialect.paramstyle, table.name, defn)
-
-
-def _quote_identifier(name: str) -> str:
-    # SQLite and PostgreSQL quote identifiers alike.
-    return '"' + name.replace('"', '""') + '"'
+    return row_sql(conn.dialect.name, conn.dialect.paramstyle, table.name, defn)
 
 
 class PythonProjector(Projector):
