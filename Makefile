@@ -42,12 +42,17 @@ format: $(VENV)/.installed
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# Ingest throughput (docs/performance.md): wrk against hookledger, a bare Starlette
-# ceiling and the tutorial receivers, then a py-spy profile. Installs Debian's wrk and py-spy when missing.
+# Every benchmark in one run (about 25 minutes; docs/performance.md): ingest with wrk against
+# hookledger, a bare Starlette ceiling and the tutorial receivers (writes the generated part of
+# the doc and its chart), then rebuild against a hand loop on SQLite and on a throwaway
+# PostgreSQL, then the catch-up and point-read latencies (their tables print to the terminal).
 bench: $(VENV)/.installed
 	@command -v wrk >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; }
 	$(VENV)/bin/pip install --quiet -e '.[test,bench]'
 	$(PY) -m bench ingest --duration 10 --connections 64 --output docs/performance.md
+	$(PY) -m bench rebuild --events 1000000
+	$(PY) -m bench rebuild --events 300000 --postgres
+	$(PY) -m bench latency --count 2000
 
 clean:
 	rm -rf $(VENV) data build *.egg-info

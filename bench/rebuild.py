@@ -10,6 +10,7 @@ Each runs in its own process so its peak memory is its own.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -211,18 +212,37 @@ def measure(kind: str, url: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.rebuild", description=__doc__)
     parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--url", help="database URL (default: a SQLite file in a temp dir)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--url", help="database URL (default: a SQLite file in a temp dir)")
+    where.add_argument(
+        "--postgres",
+        action="store_true",
+        help="start a throwaway local PostgreSQL (initdb, pg_ctl) and run there",
+    )
     parser.add_argument("--child", choices=["hand", "engine"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child(args.child, args.url)
         return 0
-    scratch = None if args.url else tempfile.mkdtemp(prefix="hl-rebuild-")
-    url = args.url or f"sqlite:///{scratch}/ledger.db"
+    with contextlib.ExitStack() as stack:
+        url = args.url
+        if args.postgres:
+            from tests.pg import ThrowawayPostgres
+
+            pg = ThrowawayPostgres().start()
+            stack.callback(pg.stop)
+            url = pg.create_database()
+        return compare(args.events, url)
+
+
+def compare(count: int, url: str | None) -> int:
+    """Generate `count` events, then time the hand loop and the engine on them."""
+    scratch = None if url else tempfile.mkdtemp(prefix="hl-rebuild-")
+    url = url or f"sqlite:///{scratch}/ledger.db"
     try:
         t0 = time.perf_counter()
-        generate(url, args.events)
-        print(f"generated {args.events:,} events in {time.perf_counter() - t0:.1f}s ({url})")
+        generate(url, count)
+        print(f"generated {count:,} events in {time.perf_counter() - t0:.1f}s ({url})")
         hand = measure("hand", url)
         engine = measure("engine", url)
     finally:
@@ -235,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     ratio = (engine["events"] / engine["seconds"]) / (hand["events"] / hand["seconds"])
     print(f"ratio hookledger / hand loop: {ratio:.2f}")
-    print(json.dumps({"hand": hand, "engine": engine, "ratio": ratio, "events": args.events}))
+    print(json.dumps({"hand": hand, "engine": engine, "ratio": ratio, "events": count}))
     return 0
 
 
