@@ -232,7 +232,7 @@ PATHS: dict[str, dict[str, Any]] = {
                 _param(
                     "after",
                     "query",
-                    {"type": "integer", "minimum": 0},
+                    {"type": "integer", "minimum": 0, "maximum": MAX_INT},
                     "positions after this (the `next` cursor)",
                 ),
                 _param(

@@ -25,6 +25,7 @@ from projections.ordering import VersionError, is_newer, version_text
 KEPT: Any = type("Kept", (), {"__repr__": lambda self: "KEPT"})()
 
 COLUMN_TYPES = ("text", "integer", "number", "boolean")
+INT64 = (-(2**63), 2**63 - 1)
 RESERVED_COLUMNS = {"data", "version", "position", "deleted"}
 ON_ERROR = ("halt", "skip")
 
@@ -211,13 +212,16 @@ def _typed(spec: ColumnSpec, value: Any) -> Any:
     if spec.type == "text":
         return value if isinstance(value, str) else orjson.dumps(value).decode()
     if spec.type == "integer":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, str) and value.lstrip("-").isdigit():
-            return int(value)
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool) and INT64[0] <= value <= INT64[1]:
+            return value  # a BIGINT column, on both backends: wider integers are an error
     elif spec.type == "number":
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return value
+            try:  # a float column: SQLite's driver refuses a Python int past 64 bits
+                return float(value)
+            except OverflowError:
+                pass
     elif spec.type == "boolean" and isinstance(value, bool):
         return value
     raise HandlerError(f"column {spec.name} ({spec.path}) expects {spec.type}, got {value!r}")
@@ -262,7 +266,15 @@ def getter(pointer: str) -> Getter:
 
 def typer(spec: ColumnSpec) -> Callable[[Any], Any]:
     """`_typed(spec, value)` as a function, with the value already of the column's type fast."""
-    exact = {"text": str, "integer": int, "number": float, "boolean": bool}[spec.type]
+    if spec.type == "integer":  # the range is checked on every value
+
+        def typed_integer(value: Any) -> Any:
+            if type(value) is int and INT64[0] <= value <= INT64[1]:
+                return value
+            return _typed(spec, value)
+
+        return typed_integer
+    exact = {"text": str, "number": float, "boolean": bool}[spec.type]
 
     def typed(value: Any) -> Any:
         if type(value) is exact:

@@ -55,6 +55,8 @@ def read_events(conn, projector: Projector, after: int, upto: int) -> list[Event
         sql += f" AND source = {mark}"
         params.append(projector.source)
     if projector.types is not None:
+        if not projector.types:
+            return []  # wants no type at all (and PostgreSQL refuses `IN ()`)
         sql += f" AND event_type IN ({', '.join([mark] * len(projector.types))})"
         params.extend(projector.types)
     cursor = conn.connection.cursor()

@@ -59,6 +59,20 @@ def test_typed_columns():
     assert bad.halted_at == 1 and "integer" in bad.errors[0][1]
 
 
+def test_integers_past_64_bits_are_an_error_and_numbers_are_floats():
+    """An `integer` column is a BIGINT on both backends: a wider value is the event's
+    error, not a driver failure that would stop the projector; a `number` is a float."""
+    big = fold(ENTITIES, [ev(1, 1, age=2**63)], {})
+    assert big.halted_at == 1 and "integer" in big.errors[0][1]
+    edge = fold(ENTITIES, [ev(1, 1, age=str(2**63 - 1))], {}).rows[("customer", "1")]
+    assert edge.columns["age"] == 2**63 - 1
+    score = Definition.parse(
+        "s", {"key": "/id", "columns": {"x": {"path": "/x", "type": "number"}}}, "t"
+    )
+    row = fold(score, [Event(1, "s", None, "t", 0, b'{"id": "1", "x": 3}')], {}).rows[("1",)]
+    assert row.columns["x"] == 3.0 and isinstance(row.columns["x"], float)
+
+
 def test_missing_version_halts_at_the_event():
     doc = orjson.dumps({"entity": "customer", "id": "1", "data": {}})
     events = [ev(1, 1, name="a"), Event(2, "app", None, "data_updated", 0, doc), ev(3, 2)]
