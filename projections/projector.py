@@ -7,6 +7,7 @@ import functools
 import gc
 import hashlib
 import operator
+import sqlite3
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -25,6 +26,8 @@ from sqlalchemy import (
     Table,
     Text,
 )
+from sqlalchemy.dialects.postgresql.base import RESERVED_WORDS as PG_RESERVED
+from sqlalchemy.dialects.sqlite.base import SQLiteIdentifierPreparer
 
 from ledger.config import Config
 from ledger.errors import ConfigError
@@ -42,6 +45,20 @@ RESERVED_NAMES = {
     "projection_leases",
     "projection_errors",
 }
+
+
+def is_sql_keyword(name: str) -> bool:
+    """Would SQLite or PostgreSQL read this name as a keyword rather than a table?"""
+    if name in PG_RESERVED or name in SQLiteIdentifierPreparer.reserved_words:
+        return True
+    with contextlib.closing(sqlite3.connect(":memory:")) as probe:  # SQLite's own parser
+        try:
+            probe.execute(f"CREATE TABLE {name} (x INTEGER)")
+        except sqlite3.OperationalError:
+            return True
+    return False
+
+
 SQL_TYPES = {"text": Text, "integer": BigInteger, "number": Float, "boolean": Boolean}
 COPY_ROWS = 1000
 
@@ -300,6 +317,11 @@ def load_projectors(config: Config) -> dict[str, Projector]:
             )
         if name in RESERVED_NAMES or name.startswith("p_"):
             raise ConfigError(f"{where}: projections.{name}: the name is reserved")
+        if is_sql_keyword(name):
+            raise ConfigError(
+                f"{where}: projections.{name}: {name!r} is an SQL keyword, and the name is "
+                "also a SQL view: choose another"
+            )
         if "class" in raw:
             extra = set(raw) - {"class", "on_error"}
             if extra:

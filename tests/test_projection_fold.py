@@ -148,3 +148,14 @@ def test_fingerprint_follows_meaning_not_error_policy():
     b = Definition.parse("p", {"key": "/id", "on_error": "skip"}, "t")
     c = Definition.parse("p", {"key": "/id", "object": "/data"}, "t")
     assert a.fingerprint == b.fingerprint != c.fingerprint
+
+
+@pytest.mark.parametrize("name", ["nothing", "order", "user", "select"])
+def test_a_projection_named_like_an_sql_keyword_is_refused(name):
+    """The name is also a SQL view: a keyword would break its every statement."""
+    from ledger.config import Config
+    from projections.projector import load_projectors
+
+    with pytest.raises(ConfigError, match="SQL keyword"):
+        load_projectors(Config(path="hookledger.toml", projections={name: {"key": "/id"}}))
+    assert load_projectors(Config(path="t", projections={"orders": {"key": "/id"}}))
