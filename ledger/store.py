@@ -126,8 +126,7 @@ def append_batch(conn: Connection, batch: Sequence[NewEvent]) -> list[Appended]:
     # releases and retakes the GIL around every statement it steps, and PostgreSQL
     # takes a round trip per statement.
     postgres = conn.dialect.name == "postgresql"
-    size = PG_INSERT_ROWS if postgres else SQLITE_INSERT_ROWS
-    chunks = [rows[start : start + size] for start in range(0, len(rows), size)]
+    chunks = _chunks(rows, PG_INSERT_ROWS if postgres else SQLITE_INSERT_ROWS)
     for chunk in chunks[:-1]:
         conn.exec_driver_sql(_insert_sql(marker, len(chunk)), _flat(chunk))
     last = chunks[-1]
@@ -137,6 +136,21 @@ def append_batch(conn: Connection, batch: Sequence[NewEvent]) -> list[Appended]:
         conn.exec_driver_sql(_insert_sql(marker, len(last)), _flat(last))
         conn.exec_driver_sql(_HEAD_UPDATE_SQL, (position, digest))
     return out
+
+
+def _chunks(rows: list[list], size: int) -> list[list[list]]:
+    """Rows in INSERT statements of at most `size` rows and about INSERT_BYTES of headers
+    and bodies (PostgreSQL refuses a message over 1 GB; large bodies reach it quickly)."""
+    chunks: list[list[list]] = [[]]
+    total = 0
+    for row in rows:
+        weight = len(row[6]) + len(row[7])  # headers, body
+        if chunks[-1] and (len(chunks[-1]) >= size or total + weight > INSERT_BYTES):
+            chunks.append([])
+            total = 0
+        chunks[-1].append(row)
+        total += weight
+    return chunks
 
 
 def _flat(rows: list[list]) -> tuple:
@@ -153,6 +167,7 @@ _INSERT_COLUMNS = (
 # bound parameters any SQLite build has had; PostgreSQL takes up to 65,535.
 SQLITE_INSERT_ROWS = 64
 PG_INSERT_ROWS = 1000
+INSERT_BYTES = 32 * 1024 * 1024
 
 
 @functools.cache

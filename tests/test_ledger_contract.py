@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 from sqlalchemy.exc import DBAPIError
 
 from ledger import chain, migrate
@@ -220,3 +220,24 @@ def test_an_append_notifies_listeners_at_commit_on_postgresql(engine, db_url):
         append(engine, [new_event(b"kept")])
         woken = list(lis.notifies(timeout=5, stop_after=1))
         assert [n.channel for n in woken] == [NOTIFY_CHANNEL]
+
+
+def test_large_bodies_split_a_batch_by_bytes(engine, monkeypatch):
+    """A batch of large bodies goes in several statements (PostgreSQL refuses a message
+    over 1 GB), with the chain unbroken across them."""
+    import ledger.store
+
+    monkeypatch.setattr(ledger.store, "INSERT_BYTES", 2500)
+    statements: list[str] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def count(conn, cursor, statement, *args) -> None:
+        if "INSERT INTO events" in statement:
+            statements.append(statement)
+
+    batch = [new_event(b"%04d" % i + b"x" * 1000) for i in range(7)]
+    appended = append(engine, batch)
+    assert len(statements) == 4  # 2 + 2 + 2 + 1 rows
+    rows = list(iter_events(engine))
+    assert [r.body for r in rows] == [e.body for e in batch]
+    assert [r.hash for r in rows] == spec_chain(rows) == [a.hash for a in appended]
