@@ -213,7 +213,8 @@ def gc_paused() -> Iterator[None]:
     A batch parses thousands of JSON documents: each is a tracked container, and
     the collector's passes over them cost as much as the fold itself. Nothing a
     batch builds is cyclic, so reference counting frees it all anyway. Nested and
-    threaded uses share one count; a collector disabled by someone else stays so."""
+    threaded uses share one count; a collector already disabled when the first pause
+    begins stays so (one disabled by someone else during a pause is re-enabled)."""
     global _gc_pauses, _gc_paused_by_us
     with _gc_lock:
         if _gc_pauses == 0 and gc.isenabled():
