@@ -59,6 +59,7 @@ def is_sql_keyword(name: str) -> bool:
     return False
 
 
+MAX_NAME = 40  # p_<name>_v<version> and stage_p_<name>_v<version> stay under 63 bytes
 SQL_TYPES = {"text": Text, "integer": BigInteger, "number": Float, "boolean": Boolean}
 COPY_ROWS = 1000
 
@@ -318,6 +319,11 @@ def load_projectors(config: Config) -> dict[str, Projector]:
             )
         if name in RESERVED_NAMES or name.startswith("p_"):
             raise ConfigError(f"{where}: projections.{name}: the name is reserved")
+        if len(name) > MAX_NAME:
+            raise ConfigError(
+                f"{where}: projections.{name}: names are at most {MAX_NAME} characters (its "
+                "versions' tables, p_NAME_vN, must fit PostgreSQL's 63-byte identifiers)"
+            )
         if is_sql_keyword(name):
             raise ConfigError(
                 f"{where}: projections.{name}: {name!r} is an SQL keyword, and the name is "

@@ -159,3 +159,15 @@ def test_a_projection_named_like_an_sql_keyword_is_refused(name):
     with pytest.raises(ConfigError, match="SQL keyword"):
         load_projectors(Config(path="hookledger.toml", projections={name: {"key": "/id"}}))
     assert load_projectors(Config(path="t", projections={"orders": {"key": "/id"}}))
+
+
+def test_a_projection_name_too_long_for_postgresql_is_refused():
+    """PostgreSQL cuts identifiers at 63 bytes: the tables of two versions of a long
+    name would be one table."""
+    from ledger.config import Config
+    from projections.projector import MAX_NAME, load_projectors
+
+    with pytest.raises(ConfigError, match="at most"):
+        load_projectors(Config(path="t", projections={"a" * (MAX_NAME + 1): {"key": "/id"}}))
+    assert load_projectors(Config(path="t", projections={"a" * MAX_NAME: {"key": "/id"}}))
+    assert len(f"stage_p_{'a' * MAX_NAME}_v999999") <= 63
