@@ -210,7 +210,12 @@ def _typed(spec: ColumnSpec, value: Any) -> Any:
     if value is MISSING or value is None:
         return None
     if spec.type == "text":
-        return value if isinstance(value, str) else orjson.dumps(value).decode()
+        text = value if isinstance(value, str) else orjson.dumps(value).decode()
+        if "\x00" in text:  # PostgreSQL text cannot hold NUL: an error on both backends
+            raise HandlerError(
+                f"column {spec.name} ({spec.path}) holds a NUL character, which no backend stores"
+            )
+        return text
     if spec.type == "integer":
         if isinstance(value, str) and value.lstrip("-").isdigit():
             value = int(value)
@@ -274,7 +279,15 @@ def typer(spec: ColumnSpec) -> Callable[[Any], Any]:
             return _typed(spec, value)
 
         return typed_integer
-    exact = {"text": str, "number": float, "boolean": bool}[spec.type]
+    if spec.type == "text":  # NUL is checked on every value
+
+        def typed_text(value: Any) -> Any:
+            if type(value) is str and "\x00" not in value:
+                return value
+            return _typed(spec, value)
+
+        return typed_text
+    exact = {"number": float, "boolean": bool}[spec.type]
 
     def typed(value: Any) -> Any:
         if type(value) is exact:
@@ -315,8 +328,11 @@ def event_key(defn: Definition, event: Event, c: Compiled | None = None) -> tupl
         raise HandlerError("the body is not JSON")
     parts = []
     for pointer, get in (c or compiled(defn)).keys:
-        value = get(doc)
-        parts.append(value if type(value) is str else _key_part(value, pointer))
+        part = get(doc)
+        part = part if type(part) is str else _key_part(part, pointer)
+        if "\x00" in part:
+            raise HandlerError(f"key {pointer} holds a NUL character, which no backend stores")
+        parts.append(part)
     return tuple(parts)
 
 
@@ -369,7 +385,8 @@ def keys_of(defn: Definition, events: Sequence[Event]) -> list[tuple[str, ...] |
     for event in events:
         doc = event.json()
         key = tuple([get(doc) for get in getters])
-        if all(type(part) is str for part in key):  # the usual case, decided without a call
+        # the usual case, decided without a call
+        if all(type(part) is str for part in key) and "\x00" not in "".join(key):
             append(key)
             continue
         try:

@@ -171,3 +171,14 @@ def test_a_projection_name_too_long_for_postgresql_is_refused():
         load_projectors(Config(path="t", projections={"a" * (MAX_NAME + 1): {"key": "/id"}}))
     assert load_projectors(Config(path="t", projections={"a" * MAX_NAME: {"key": "/id"}}))
     assert len(f"stage_p_{'a' * MAX_NAME}_v999999") <= 63
+
+
+def test_a_nul_in_a_key_or_a_text_column_is_the_events_error():
+    """PostgreSQL text cannot hold NUL: the event is an error on both backends alike,
+    not a driver failure that stops the projector."""
+    nul_key = orjson.dumps({"entity": "customer", "id": "a\x00b", "version": 1, "data": {}})
+    result = fold(ENTITIES, [Event(1, "app", None, "data_updated", 0, nul_key)], {})
+    assert result.halted_at == 1 and "NUL" in result.errors[0][1]
+    result = fold(ENTITIES, [ev(1, 1, name="x\x00y")], {})
+    assert result.halted_at == 1 and "NUL" in result.errors[0][1]
+    assert fold(ENTITIES, [ev(1, 1, name="x y")], {}).halted_at is None
