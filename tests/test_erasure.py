@@ -97,6 +97,25 @@ def test_a_projection_that_needs_an_erased_body_refuses_to_rebuild(engine):
     assert building is None and live.version == 1  # the live version keeps serving
 
 
+def test_erased_inputs_are_found_within_the_recorded_erasures(engine):
+    """The check before a build searches only what recorded erasures cover: nothing for a
+    log never erased, every erased body across separate erasures otherwise."""
+    append(
+        engine,
+        [
+            new_event(entity_body("data_updated", "c", str(i), 1), event_type="data_updated")
+            for i in range(6)
+        ],
+    )
+    projector = projectors_for(entities=ENTITIES)["entities"]
+    with engine.connect() as conn:
+        assert registry.erased_inputs(conn, projector) == (0, None, None)
+    erase(engine, Criteria(start=2, stop=2), actor="ops")
+    erase(engine, Criteria(start=5, stop=5), actor="ops")
+    with engine.connect() as conn:
+        assert registry.erased_inputs(conn, projector) == (2, 2, 5)
+
+
 def test_erase_cli_needs_confirmation_and_criteria(tmp_path, db_url):
     config = tmp_path / "hookledger.toml"
     config.write_text(f'database_url = "{db_url}"\n')
