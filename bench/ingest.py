@@ -690,10 +690,9 @@ def pin_tree(pid: int, cpu: int) -> int:
     return len(pids)
 
 
-def postgres_target(
-    stack: contextlib.ExitStack, workdir: Path, cpu: int, workers: int
-) -> Target | None:
-    """hookledger on a throwaway PostgreSQL pinned to the server CPU, or None if unavailable."""
+def throwaway_postgres(stack: contextlib.ExitStack, cpu: int | None = None) -> tuple | None:
+    """A throwaway local PostgreSQL stopped with `stack`, and its postmaster's pid, with
+    its processes pinned to `cpu` when given; None (and why, printed) if it cannot start."""
     try:
         from tests.pg import ThrowawayPostgres
 
@@ -703,7 +702,19 @@ def postgres_target(
         return None
     stack.callback(pg.stop)
     postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
-    pin_tree(postmaster, cpu)  # backends forked later inherit the affinity
+    if cpu is not None:
+        pin_tree(postmaster, cpu)  # backends forked later inherit the affinity
+    return pg, postmaster
+
+
+def postgres_target(
+    stack: contextlib.ExitStack, workdir: Path, cpu: int, workers: int
+) -> Target | None:
+    """hookledger on a throwaway PostgreSQL pinned to the server CPU, or None if unavailable."""
+    started = throwaway_postgres(stack, cpu)
+    if started is None:
+        return None
+    pg, postmaster = started
     url = pg.create_database()
     config = write_config(workdir / "hookledger-postgres.toml", url)
     port = free_port()

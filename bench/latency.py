@@ -50,9 +50,9 @@ from bench.ingest import (
     CpuMeter,
     free_port,
     hookledger_bin,
-    pin_tree,
     server_env,
     serving,
+    throwaway_postgres,
     wait_quiet,
 )
 from bench.latency_client import (
@@ -128,16 +128,10 @@ def sqlite_catch_up(args, workdir: Path) -> Row:
 
 
 def postgres_catch_up(args, workdir: Path, stack: contextlib.ExitStack) -> Row | None:
-    try:
-        from tests.pg import ThrowawayPostgres
-
-        pg = ThrowawayPostgres().start()
-    except (ImportError, RuntimeError, OSError) as e:
-        print(f"PostgreSQL skipped: {e}")
+    started = throwaway_postgres(stack, args.server_cpu)
+    if started is None:
         return None
-    stack.callback(pg.stop)
-    postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
-    pin_tree(postmaster, args.server_cpu)  # backends forked later inherit the affinity
+    pg, postmaster = started
     config = write_config(workdir / "pg.toml", pg.create_database())
     port = free_port()
     project = [str(hookledger_bin()), "project", "--config", str(config)]
@@ -220,18 +214,12 @@ class ReadWindow:
 
     def settle(self) -> float:
         """Wait for the projector to apply the whole log (it lags after an unpaced run)."""
-        client = Client(self.port)
-        try:
+        with contextlib.closing(Client(self.port)) as client:
             return client.settle()
-        finally:
-            client.close()
 
     def lag(self) -> int:
-        client = Client(self.port)
-        try:
+        with contextlib.closing(Client(self.port)) as client:
             return client.lag()
-        finally:
-            client.close()
 
     def once(self, label: str, load) -> tuple[Row, str]:
         self.settle()

@@ -227,11 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         url = args.url
         if args.postgres:
-            from tests.pg import ThrowawayPostgres
+            from bench.ingest import throwaway_postgres
 
-            pg = ThrowawayPostgres().start()
-            stack.callback(pg.stop)
-            url = pg.create_database()
+            started = throwaway_postgres(stack)
+            if started is None:
+                return 2
+            url = started[0].create_database()
         return compare(args.events, url)
 
 
