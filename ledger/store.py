@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, Row, func, select
 
 from ledger import chain
-from ledger.schema import REJECTION_BODY_BYTES, events, ledger_head, rejections
+from ledger.schema import REJECTION_BODY_BYTES, events, rejections
 
 META_COLUMNS = [c for c in events.c if c.name not in ("headers", "body")]
 NOTIFY_CHANNEL = "hookledger_events"  # PostgreSQL: every append batch notifies projectors
@@ -62,22 +62,25 @@ class Rejection:
 
 
 def read_head(conn: Connection, lock: bool = False) -> tuple[int, str]:
-    """The last position and its hash (0 and 64 zeros for an empty log)."""
-    query = select(ledger_head.c.position, ledger_head.c.hash).where(ledger_head.c.id == 1)
-    row = conn.execute(query.with_for_update() if lock else query).one()
-    return row.position, row.hash
+    """The last position and its hash (0 and 64 zeros for an empty log).
+
+    `lock` takes the head row for the transaction on PostgreSQL (SQLite's writers hold
+    the database with BEGIN IMMEDIATE). Plain SQL: every append batch reads it."""
+    postgres_lock = lock and conn.dialect.name == "postgresql"
+    position, head_hash = conn.exec_driver_sql(
+        _HEAD_SQL + (" FOR UPDATE" if postgres_lock else "")
+    ).one()
+    return position, head_hash
 
 
 def append_batch(conn: Connection, batch: Sequence[NewEvent]) -> list[Appended]:
     """Append `batch` in order, chaining each row; the caller commits."""
     if not batch:
         return []
-    marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    lock = " FOR UPDATE" if conn.dialect.name == "postgresql" else ""  # SQLite: BEGIN IMMEDIATE
-    position, head_hash = conn.exec_driver_sql(_HEAD_SQL + lock).one()
+    position, head_hash = read_head(conn, lock=True)
     previous = bytes.fromhex(head_hash)
     first_seen = _first_positions(conn, batch)
-    rows: list[list] = []
+    rows: list[tuple] = []
     out: list[Appended] = []
     for ev in batch:
         position += 1
@@ -102,7 +105,7 @@ def append_batch(conn: Connection, batch: Sequence[NewEvent]) -> list[Appended]:
         )
         digest = previous.hex()
         rows.append(
-            [
+            (
                 position,
                 ev.source,
                 ev.received_at_us,
@@ -118,7 +121,7 @@ def append_batch(conn: Connection, batch: Sequence[NewEvent]) -> list[Appended]:
                 duplicate_of,
                 digest,
                 ev.secret_index,
-            ]
+            )
         )
         out.append(Appended(position, duplicate_of, digest))
     # The hot path: straight to the driver, no per-row SQL expression work, and one
@@ -126,6 +129,7 @@ def append_batch(conn: Connection, batch: Sequence[NewEvent]) -> list[Appended]:
     # releases and retakes the GIL around every statement it steps, and PostgreSQL
     # takes a round trip per statement.
     postgres = conn.dialect.name == "postgresql"
+    marker = "%s" if postgres else "?"
     chunks = _chunks(rows, PG_INSERT_ROWS if postgres else SQLITE_INSERT_ROWS)
     for chunk in chunks[:-1]:
         conn.exec_driver_sql(_insert_sql(marker, len(chunk)), _flat(chunk))
@@ -138,10 +142,10 @@ def append_batch(conn: Connection, batch: Sequence[NewEvent]) -> list[Appended]:
     return out
 
 
-def _chunks(rows: list[list], size: int) -> list[list[list]]:
+def _chunks(rows: list[tuple], size: int) -> list[list[tuple]]:
     """Rows in INSERT statements of at most `size` rows and about INSERT_BYTES of headers
     and bodies (PostgreSQL refuses a message over 1 GB; large bodies reach it quickly)."""
-    chunks: list[list[list]] = [[]]
+    chunks: list[list[tuple]] = [[]]
     total = 0
     for row in rows:
         weight = len(row[6]) + len(row[7])  # headers, body
@@ -153,7 +157,7 @@ def _chunks(rows: list[list], size: int) -> list[list[list]]:
     return chunks
 
 
-def _flat(rows: list[list]) -> tuple:
+def _flat(rows: list[tuple]) -> tuple:
     return tuple(value for row in rows for value in row)
 
 
