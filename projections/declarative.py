@@ -66,9 +66,6 @@ class Definition:
     def column_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
 
-    def matches_type(self, event_type: str | None) -> bool:
-        return self.types is None or event_type in self.types
-
     @classmethod
     def parse(cls, name: str, raw: Mapping[str, Any], where: str) -> Definition:
         """Validate `[projections.NAME]`; errors name `where` (file) and the key."""
@@ -238,10 +235,6 @@ Getter = Callable[[Any], Any]
 def getter(pointer: str) -> Getter:
     """`resolve(doc, pointer)` as a function, with paths through objects taken fast."""
     path = tokens(pointer)
-
-    def general(doc: Any) -> Any:
-        return resolve(doc, pointer)
-
     if not path:
         return lambda doc: doc
     if len(path) == 1:
@@ -266,7 +259,7 @@ def getter(pointer: str) -> Getter:
             return resolve(doc, pointer)
 
         return two
-    return general
+    return lambda doc: resolve(doc, pointer)
 
 
 def typer(spec: ColumnSpec) -> Callable[[Any], Any]:
@@ -307,6 +300,7 @@ class Compiled:
     columns: tuple[tuple[str, Getter, Callable[[Any], Any]], ...]
     empty_columns: tuple[tuple[str, None], ...]
     delete_on: frozenset[str | None]
+    types: frozenset[str] | None  # None: every type
 
 
 @functools.lru_cache(maxsize=256)
@@ -318,6 +312,7 @@ def compiled(defn: Definition) -> Compiled:
         columns=tuple((c.name, getter(c.path), typer(c)) for c in defn.columns),
         empty_columns=tuple((c.name, None) for c in defn.columns),
         delete_on=frozenset(defn.delete_on),
+        types=None if defn.types is None else frozenset(defn.types),
     )
 
 
@@ -410,7 +405,7 @@ def fold(
     errors: list[tuple[int, str]] = []
     if keys is None:
         keys = keys_of(defn, events)
-    types = None if defn.types is None else frozenset(defn.types)
+    types = c.types
     for event, key in zip(events, keys, strict=True):
         if event.duplicate_of is not None or (types is not None and event.event_type not in types):
             continue
