@@ -47,18 +47,6 @@ RESERVED_NAMES = {
 }
 
 
-def is_sql_keyword(name: str) -> bool:
-    """Would SQLite or PostgreSQL read this name as a keyword rather than a table?"""
-    if name in PG_RESERVED or name in SQLiteIdentifierPreparer.reserved_words:
-        return True
-    with contextlib.closing(sqlite3.connect(":memory:")) as probe:  # SQLite's own parser
-        try:
-            probe.execute(f"CREATE TABLE {name} (x INTEGER)")
-        except sqlite3.OperationalError:
-            return True
-    return False
-
-
 MAX_NAME = 40  # p_<name>_v<version> and stage_p_<name>_v<version> stay under 63 bytes
 SQL_TYPES = {"text": Text, "integer": BigInteger, "number": Float, "boolean": Boolean}
 COPY_ROWS = 1000
@@ -300,6 +288,18 @@ class PythonProjector(Projector):
 
 def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
+
+
+def is_sql_keyword(name: str) -> bool:
+    """Would SQLite or PostgreSQL read this name as a keyword rather than a table?"""
+    if name in PG_RESERVED or name in SQLiteIdentifierPreparer.reserved_words:
+        return True
+    with contextlib.closing(sqlite3.connect(":memory:")) as probe:  # SQLite's own parser
+        try:
+            probe.execute(f"CREATE TABLE {name} (x INTEGER)")
+        except sqlite3.OperationalError:
+            return True
+    return False
 
 
 def load_projectors(config: Config) -> dict[str, Projector]:
