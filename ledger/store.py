@@ -191,21 +191,39 @@ def _pg_tail_sql(rows: int) -> str:
 
 
 def _first_positions(conn: Connection, batch: Sequence[NewEvent]) -> dict[tuple[str, str], int]:
-    """First positions already in the log for the batch's (source, event id) pairs."""
+    """First positions already in the log for the batch's (source, event id) pairs.
+
+    Plain SQL, as the INSERT: every batch of a source with event ids runs it, and a
+    SQLAlchemy expression compiled per batch cost about 15 µs per delivery."""
     wanted: dict[str, set[str]] = {}
     for ev in batch:
         if ev.event_id is not None:
             wanted.setdefault(ev.source, set()).add(ev.event_id)
     found: dict[tuple[str, str], int] = {}
-    for source, ids in wanted.items():
-        query = (
-            select(events.c.event_id, func.min(events.c.position))
-            .where(events.c.source == source, events.c.event_id.in_(sorted(ids)))
-            .group_by(events.c.event_id)
-        )
-        for event_id, first in conn.execute(query):
-            found[(source, event_id)] = first
+    postgres = conn.dialect.name == "postgresql"
+    for source, id_set in wanted.items():
+        ids = sorted(id_set)
+        if postgres:  # one statement text whatever the number of ids
+            statements = [(_FIRST_SQL_PG, (source, ids))]
+        else:
+            statements = [
+                (_first_sql_sqlite(len(chunk)), (source, *chunk))
+                for chunk in (ids[i : i + ID_CHUNK] for i in range(0, len(ids), ID_CHUNK))
+            ]
+        for statement, params in statements:
+            for event_id, first in conn.exec_driver_sql(statement, params):
+                found[(source, event_id)] = first
     return found
+
+
+_FIRST_SQL = "SELECT event_id, min(position) FROM events WHERE source = {marker} AND event_id "
+_FIRST_SQL_PG = _FIRST_SQL.format(marker="%s") + "= ANY(%s) GROUP BY event_id"
+ID_CHUNK = 500  # SQLite: ids per lookup, under the 999 bound parameters of old builds
+
+
+@functools.cache
+def _first_sql_sqlite(ids: int) -> str:
+    return _FIRST_SQL.format(marker="?") + f"IN ({', '.join(['?'] * ids)}) GROUP BY event_id"
 
 
 def insert_rejections(conn: Connection, batch: Sequence[Rejection]) -> None:

@@ -12,7 +12,7 @@ from ledger import chain, migrate
 from ledger.db import make_engine, writer
 from ledger.errors import ImportRefused
 from ledger.schema import events
-from ledger.store import get_event, iter_events, read_head
+from ledger.store import ID_CHUNK, get_event, iter_events, read_head
 from ledger.transfer import export_lines, import_lines
 from ledger.verify import verify_ledger
 from tests.helpers import append, new_event
@@ -74,6 +74,15 @@ def test_duplicates_point_at_the_first_delivery(engine):
         ],
     )
     assert [a.duplicate_of for a in again] == [1, None, 4, None, None, None]
+
+
+def test_duplicates_are_found_past_one_lookup_of_ids(engine):
+    # More ids in a batch than one lookup statement takes (ID_CHUNK) on SQLite.
+    count = ID_CHUNK + 100
+    first = append(engine, [new_event(event_id=f"evt_{i}") for i in range(count)])
+    again = append(engine, [new_event(event_id=f"evt_{i}") for i in reversed(range(count + 1))])
+    expected = [None] + [a.position for a in reversed(first)]
+    assert [a.duplicate_of for a in again] == expected
 
 
 @pytest.mark.parametrize(
