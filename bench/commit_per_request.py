@@ -41,10 +41,12 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 
-def connect(path: str) -> sqlite3.Connection:
-    """The receiver's one connection: WAL, synchronous=FULL, table created."""
+def connect(path: str, wal: bool = True) -> sqlite3.Connection:
+    """The receiver's one connection: WAL (unless `wal` is false: SQLite's default rollback
+    journal), synchronous=FULL, table created."""
     db = sqlite3.connect(path, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
+    if wal:
+        db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
     db.execute(SCHEMA)
     db.commit()

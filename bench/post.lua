@@ -1,9 +1,12 @@
 -- wrk script for `python -m bench ingest`: POST one signed JSON body, count statuses.
 --
 -- The body and its signature come from the environment (bench/ingest.py writes
--- them): BENCH_BODY_FILE, BENCH_SIGNATURE_HEADER, BENCH_SIGNATURE. The request
--- is built once; `response` only counts status codes, and `done` prints one
--- line "BENCH_JSON {...}" that the driver parses (latencies in microseconds).
+-- them): BENCH_BODY_FILE, BENCH_SIGNATURE_HEADER, BENCH_SIGNATURE. Every request
+-- carries its own delivery id in X-Event-Id, as every real provider sends one
+-- (Stripe's evt_..., GitHub's X-GitHub-Delivery): BENCH_RUN, unique per wrk run,
+-- then the thread and a counter, so no two requests of any run share an id.
+-- `response` only counts status codes, and `done` prints one line
+-- "BENCH_JSON {...}" that the driver parses (latencies in microseconds).
 
 local f = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
 wrk.method = "POST"
@@ -13,13 +16,23 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers[os.getenv("BENCH_SIGNATURE_HEADER")] = os.getenv("BENCH_SIGNATURE")
 
 local threads = {}
+local run = os.getenv("BENCH_RUN")
 
 function setup(thread)
   table.insert(threads, thread)
+  thread:set("tid", #threads)
 end
 
 function init(args)
   statuses = {}
+  sent = 0
+  prefix = string.format("%s-%d-", run, tid)
+end
+
+function request()
+  sent = sent + 1
+  wrk.headers["X-Event-Id"] = prefix .. sent
+  return wrk.format()
 end
 
 function response(status, headers, body)

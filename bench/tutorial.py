@@ -3,8 +3,10 @@
 Verify the HMAC, open the database (Flask's `g` pattern), INSERT one row,
 COMMIT, answer. Served by `app.run(threaded=True)`, which is how most
 tutorials run it. The database is in WAL mode with `synchronous=FULL`, the
-durability hookledger asks of SQLite (a tutorial's default rollback journal
-would be slower still), so every delivery costs one fsync.
+durability hookledger asks of SQLite, so every delivery costs one fsync; with
+BENCH_TUTORIAL_JOURNAL=default it keeps SQLite's default rollback journal, as
+the tutorials' code does when it opens the file with nothing else (a commit
+then syncs the journal and the database file, and deletes the journal).
 
     BENCH_TUTORIAL_DB=/tmp/t.db BENCH_WEBHOOK_SECRET=s python -m bench.tutorial --port 8003
 """
@@ -24,12 +26,14 @@ from flask import Flask, g, request
 from bench.ceiling import parse_args
 from bench.commit_per_request import DB_ENV, SECRET_ENV, SIGNATURE_HEADER, connect
 
+JOURNAL_ENV = "BENCH_TUTORIAL_JOURNAL"  # "wal" (the default here) or "default"
+
 
 def create_app() -> Flask:
     """The Flask receiver; the database path and secret come from the environment."""
     path = os.environ[DB_ENV]
     secret = os.environ[SECRET_ENV].encode()
-    connect(path).close()  # WAL mode is a property of the file: set it once
+    connect(path, wal=os.environ.get(JOURNAL_ENV, "wal") == "wal").close()  # a property of the file
     app = Flask(__name__)
 
     def get_db() -> sqlite3.Connection:
