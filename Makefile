@@ -44,8 +44,9 @@ format: $(VENV)/.installed
 
 # Every benchmark in one run (about 25 minutes; docs/performance.md): ingest with wrk against
 # hookledger, a bare Starlette ceiling and the tutorial receivers (writes the generated part of
-# the doc and its chart), then rebuild against a hand loop on SQLite and on a throwaway
-# PostgreSQL, then the catch-up and point-read latencies (their tables print to the terminal).
+# the doc and its chart), then rebuild against a hand loop and a set-based SQL ceiling on SQLite
+# and on a throwaway PostgreSQL, then the catch-up and point-read latencies (their tables print
+# to the terminal).
 bench: $(VENV)/.installed
 	@command -v wrk >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; }
 	$(VENV)/bin/pip install --quiet -e '.[test,bench]'
