@@ -8,9 +8,11 @@ front instead of failing half-way. PostgreSQL URLs use psycopg 3.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from collections.abc import Iterator
 
 import orjson
+import psycopg
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
 
@@ -63,23 +65,35 @@ def writer(conn: Connection) -> Connection:
     return conn.execution_options(writer=True)
 
 
+# What the drivers raise themselves: the hot paths use raw driver cursors, outside
+# SQLAlchemy's wrapping. Operational errors are the database being away or locked.
+_DRIVER_ERRORS = (sqlite3.Error, psycopg.Error)
+_DRIVER_OPERATIONAL = (sqlite3.OperationalError, psycopg.OperationalError, psycopg.InterfaceError)
+
+
 @contextlib.contextmanager
 def translated() -> Iterator[None]:
     """Turn driver failures into StorageUnavailable or NotMigrated."""
     try:
         yield
     except sa_exc.DBAPIError as e:
-        text = str(e.orig).lower() if e.orig is not None else str(e).lower()
-        if "no such table" in text or ("relation" in text and "does not exist" in text):
-            raise NotMigrated("the database has no ledger tables: run `hookledger migrate`") from e
-        if (
-            isinstance(e, sa_exc.OperationalError | sa_exc.InterfaceError)
-            or e.connection_invalidated
-        ):
-            raise StorageUnavailable(f"database unavailable: {_first_line(e.orig or e)}") from e
+        operational = isinstance(e, sa_exc.OperationalError | sa_exc.InterfaceError)
+        _raise_ours(e.orig or e, operational or e.connection_invalidated)
+        raise
+    except _DRIVER_ERRORS as e:
+        _raise_ours(e, isinstance(e, _DRIVER_OPERATIONAL))
         raise
     except sa_exc.TimeoutError as e:
         raise StorageUnavailable("database connection pool exhausted") from e
+
+
+def _raise_ours(error: BaseException, operational: bool) -> None:
+    """NotMigrated or StorageUnavailable for a driver error that is one of those."""
+    text = str(error).lower()
+    if "no such table" in text or ("relation" in text and "does not exist" in text):
+        raise NotMigrated("the database has no ledger tables: run `hookledger migrate`") from error
+    if operational:
+        raise StorageUnavailable(f"database unavailable: {_first_line(error)}") from error
 
 
 def _first_line(e: BaseException) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 
 import pytest
 from sqlalchemy import event, select, text
@@ -83,6 +84,39 @@ def test_duplicates_are_found_past_one_lookup_of_ids(engine):
     again = append(engine, [new_event(event_id=f"evt_{i}") for i in reversed(range(count + 1))])
     expected = [None] + [a.position for a in reversed(first)]
     assert [a.duplicate_of for a in again] == expected
+
+
+def test_concurrent_writers_agree_on_the_first_delivery(engine):
+    # Writers racing with the same ids (PostgreSQL: separate connections, serialised by
+    # the head lock): each id has exactly one first delivery, and every duplicate
+    # points at it, whichever writer got there first.
+    ids = [f"evt_{i}" for i in range(40)]
+    results: list = []
+    errors: list = []
+
+    def write(offset: int) -> None:
+        try:
+            for start in range(0, len(ids), 8):
+                chunk = ids[start : start + 8]
+                rotated = chunk[offset % len(chunk) :] + chunk[: offset % len(chunk)]
+                events = [new_event(event_id=i) for i in rotated]
+                results.extend(zip(rotated, append(engine, events), strict=True))
+        except Exception as e:  # surfaced below: a thread's failure must fail the test
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(results) == 4 * len(ids)
+    firsts = {i: a.position for i, a in results if a.duplicate_of is None}
+    assert sorted(firsts) == sorted(ids)
+    for event_id, appended in results:
+        if appended.duplicate_of is not None:
+            assert appended.duplicate_of == firsts[event_id]
+            assert appended.position > firsts[event_id]
 
 
 @pytest.mark.parametrize(

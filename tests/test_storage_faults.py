@@ -6,8 +6,11 @@ import sqlite3
 import threading
 
 import psycopg
+import pytest
 from sqlalchemy import event
 
+from ledger.db import make_engine, translated
+from ledger.errors import NotMigrated, StorageUnavailable
 from ledger.verify import verify_ledger
 from tests.helpers import stored_bodies
 
@@ -64,6 +67,38 @@ def test_postgresql_outage_answers_503_then_recovers(make_client, db_url, postgr
     assert stored_bodies(db_url) == [b"before", b"after"]
 
 
+def test_postgresql_writer_connection_lost_answers_503_then_recovers(make_client, db_url, postgres):
+    # The appender keeps its connection; when its backend dies between two batches the
+    # next batch fails inside the driver (raw cursors, a pipeline), not in SQLAlchemy.
+    if not db_url.startswith("postgresql"):
+        return
+    client = make_client(
+        CONFIG.replace('verifier = "none"', 'verifier = "none"\nevent_id = "header:X-Id"')
+    )
+    assert client.post("/hooks/app", content=b"before", headers={"X-Id": "a"}).status_code == 202
+    name = db_url.rsplit("/", 1)[1]
+    with psycopg.connect(postgres.url(), autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+        )
+    during = client.post("/hooks/app", content=b"during", headers={"X-Id": "b"})
+    assert during.status_code in (202, 503), during.text
+    if during.status_code == 503:
+        assert during.json()["error"] == "storage_unavailable"
+        assert during.headers["retry-after"]
+    after = client.post("/hooks/app", content=b"after", headers={"X-Id": "c"})
+    assert after.status_code == 202, after.text
+    stored = (
+        [b"before", b"during", b"after"] if during.status_code == 202 else [b"before", b"after"]
+    )
+    assert stored_bodies(db_url) == stored
+    engine = make_engine(db_url)
+    try:
+        assert verify_ledger(engine).ok
+    finally:
+        engine.dispose()
+
+
 def test_concurrent_deliveries_share_commits(make_client, db_url):
     """Group commit: many concurrent requests, fewer transactions, every one acknowledged."""
     client = make_client(CONFIG)
@@ -118,3 +153,20 @@ def test_sqlite_disk_full_answers_503_keeps_the_log_whole_then_recovers(make_cli
     assert after.json()["position"] == 2
     assert stored_bodies(db_url) == [b"before", b"after"]
     assert verify_ledger(engine).ok
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (sqlite3.OperationalError("database is locked"), StorageUnavailable),
+        (psycopg.OperationalError("the connection is lost"), StorageUnavailable),
+        (psycopg.InterfaceError("the connection is closed"), StorageUnavailable),
+        (sqlite3.OperationalError("no such table: events"), NotMigrated),
+        (psycopg.errors.UndefinedTable('relation "events" does not exist'), NotMigrated),
+        (sqlite3.IntegrityError("UNIQUE constraint failed"), sqlite3.IntegrityError),
+    ],
+)
+def test_raw_driver_errors_are_translated_like_wrapped_ones(error, expected):
+    # The hot paths (append, projector reads and writes) use raw driver cursors.
+    with pytest.raises(expected), translated():
+        raise error
