@@ -46,7 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.ingest import (
+from bench.harness import (
     CpuMeter,
     free_port,
     hookledger_bin,

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.ingest import REPO, SECRET_ENV, SIGNATURE_HEADER, hookledger_bin, server_env, sign, stop
+from bench.harness import REPO, SECRET_ENV, SIGNATURE_HEADER, hookledger_bin, server_env, sign, stop
 
 SOURCE = "app"
 CONFIG = """\

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.ingest import LUA, REPO, SIGNATURE_HEADER, WrkStats, parse_wrk, sign
+from bench.harness import LUA, REPO, SIGNATURE_HEADER, WrkStats, parse_wrk, sign
 
 # post.lua posts one signed body; this adds a pause before each request of a connection,
 # exponentially distributed with mean BENCH_DELAY_MS (wrk takes whole milliseconds: adding a

@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         url = args.url
         if args.postgres:
-            from bench.ingest import throwaway_postgres
+            from bench.harness import throwaway_postgres
 
             started = throwaway_postgres(stack)
             if started is None:
