@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.harness import (
+    QUIET,  # cores taken by others above which a read window is tried again
     CpuMeter,
     free_port,
     hookledger_bin,
@@ -70,7 +71,6 @@ from bench.latency_load import Wrk, load_body
 
 CATCH_UP_TARGET_MS = 50.0
 READ_TARGET_MS = 5.0
-QUIET = 0.15  # cores taken by others above which a read window is tried again
 
 
 def percentile(values: list[float], p: float) -> float:
