@@ -128,8 +128,10 @@ SET_BASED = {
     "postgresql": (
         "INSERT INTO sql_entities SELECT DISTINCT ON (d->>'entity', d->>'id') "
         "d->>'entity', d->>'id', d->'data'->>'name', (d->'data'->>'n')::bigint, "
-        "(d->'data')::text, d->>'version', position, event_type = 'data_deleted' "
-        "FROM (SELECT position, event_type, convert_from(body, 'UTF8')::jsonb AS d "
+        "data::text, d->>'version', position, event_type = 'data_deleted' "
+        "FROM (SELECT position, event_type, convert_from(body, 'UTF8')::jsonb AS d, "
+        # the object's text as sent (jsonb would respace and reorder it)
+        "convert_from(body, 'UTF8')::json -> 'data' AS data "
         "FROM events WHERE position > %s AND position <= %s) AS e "
         f"ORDER BY d->>'entity', d->>'id', position DESC {UPDATE_ALL}"
     ),

@@ -68,7 +68,12 @@ def writer(conn: Connection) -> Connection:
 # What the drivers raise themselves: the hot paths use raw driver cursors, outside
 # SQLAlchemy's wrapping. Operational errors are the database being away or locked.
 _DRIVER_ERRORS = (sqlite3.Error, psycopg.Error)
-_DRIVER_OPERATIONAL = (sqlite3.OperationalError, psycopg.OperationalError, psycopg.InterfaceError)
+_DRIVER_OPERATIONAL = (
+    sqlite3.OperationalError,
+    sqlite3.InterfaceError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+)
 
 
 @contextlib.contextmanager
@@ -81,7 +86,8 @@ def translated() -> Iterator[None]:
         _raise_ours(e.orig or e, operational or e.connection_invalidated)
         raise
     except _DRIVER_ERRORS as e:
-        _raise_ours(e, isinstance(e, _DRIVER_OPERATIONAL))
+        # sqlite3 calls a closed connection a programming error; SQLAlchemy, a disconnect.
+        _raise_ours(e, isinstance(e, _DRIVER_OPERATIONAL) or "closed database" in str(e))
         raise
     except sa_exc.TimeoutError as e:
         raise StorageUnavailable("database connection pool exhausted") from e

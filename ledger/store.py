@@ -12,6 +12,7 @@ import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import psycopg
 from sqlalchemy import Connection, Engine, Row, func, select
 
 from ledger import chain
@@ -208,7 +209,7 @@ def _locked_head(
     with contextlib.ExitStack() as cursors:
         head = cursors.enter_context(raw.cursor())
         lookups = []
-        with raw.pipeline():
+        with raw.pipeline() if PIPELINE else contextlib.nullcontext():
             head.execute(_HEAD_SQL + " FOR UPDATE")
             for source, ids in wanted.items():
                 cursor = cursors.enter_context(raw.cursor())
@@ -246,6 +247,9 @@ def _first_positions(conn: Connection, wanted: dict[str, set[str]]) -> dict[tupl
     return found
 
 
+# One round trip for the head lock and the lookups needs libpq 14 or newer (psycopg's
+# binary package bundles one); without it the same statements go one after another.
+PIPELINE = psycopg.Pipeline.is_supported()
 _FIRST_SQL = "SELECT event_id, min(position) FROM events WHERE source = {marker} AND event_id "
 _FIRST_SQL_PG = _FIRST_SQL.format(marker="%s") + "= ANY(%s) GROUP BY event_id"
 ID_CHUNK = 500  # SQLite: ids per lookup, under the 999 bound parameters of old builds

@@ -161,6 +161,8 @@ def test_sqlite_disk_full_answers_503_keeps_the_log_whole_then_recovers(make_cli
         (sqlite3.OperationalError("database is locked"), StorageUnavailable),
         (psycopg.OperationalError("the connection is lost"), StorageUnavailable),
         (psycopg.InterfaceError("the connection is closed"), StorageUnavailable),
+        (sqlite3.InterfaceError("bad parameter or other API misuse"), StorageUnavailable),
+        (sqlite3.ProgrammingError("Cannot operate on a closed database."), StorageUnavailable),
         (sqlite3.OperationalError("no such table: events"), NotMigrated),
         (psycopg.errors.UndefinedTable('relation "events" does not exist'), NotMigrated),
         (sqlite3.IntegrityError("UNIQUE constraint failed"), sqlite3.IntegrityError),
