@@ -1,0 +1,106 @@
+"""The benchmarks' own parts: what they send, how they read their tools, what they compare.
+
+The benchmarks run by hand (`make bench`); these tests keep the pieces whose mistakes
+would make a run wrong without failing it: a request hookledger would refuse, a
+misread wrk or py-spy report, a ceiling that writes other rows than the hand loop.
+"""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import text
+
+from bench import rebuild
+from bench.harness import SECRET, SIGNATURE_HEADER, make_body, parse_wrk, sign
+from bench.ingest import CONFIG
+from bench.profile import parse_raw_profile
+from ledger.config import load_config
+from ledger.db import make_engine
+from ledger.verifiers import SCHEMES, Delivery
+
+
+def test_the_benchmark_delivery_passes_hookledgers_verification(tmp_path, monkeypatch):
+    body = make_body()
+    assert len(body) == 1024
+    path = tmp_path / "bench.toml"
+    path.write_text(
+        CONFIG.format(
+            url=f"sqlite:///{tmp_path}/l.db",
+            server="",
+            source="bench",
+            secret_env="BENCH_WEBHOOK_SECRET",
+            header=SIGNATURE_HEADER,
+        )
+    )
+    monkeypatch.setenv("BENCH_WEBHOOK_SECRET", SECRET)
+    source = load_config(str(path)).sources["bench"]
+    assert source.event_id == "header:X-Event-Id"  # post.lua sends one per request
+    headers = {SIGNATURE_HEADER.lower(): sign(body)}
+    scheme = SCHEMES[source.verifier]
+    verdict = scheme.verify(
+        Delivery(headers, body, ""),
+        source.secrets,
+        time.time(),
+        source.tolerance_seconds,
+        source.signature_header,
+    )
+    assert verdict.ok
+    tampered = Delivery(headers, body[:-2] + b'x"', "")
+    assert not scheme.verify(tampered, source.secrets, time.time(), 300, source.signature_header).ok
+
+
+def test_parse_wrk_reads_the_summary_line_of_post_lua():
+    line = (
+        'BENCH_JSON {"duration_us":2000000,"requests":5000,"bytes":1,'
+        '"errors":{"connect":1,"read":2,"write":0,"status":7,"timeout":3},'
+        '"latency_us":{"mean":1.5,"p50":1000,"p90":2000,"p99":9000,"max":12000},'
+        '"statuses":{"202":4990,"503":10}}'
+    )
+    stats = parse_wrk(f"Running 2s test\n{line}\n", ["wrk"])
+    assert stats.rps == 2500
+    assert (stats.ok, stats.non_2xx) == (4990, 10)
+    assert stats.errors == 6  # connect, read, write, timeout: not the status count
+    assert stats.latency_us["p99"] == 9000
+
+
+def test_parse_raw_profile_counts_own_total_and_python_frames_per_thread():
+    raw = "\n".join(
+        [
+            "process 1:python;thread (0x1): MainThread;run (a.py);step (b.py) 5",
+            "process 1:python;thread (0x1): MainThread;run (a.py);run (a.py);libc.so.6:write 3",
+            "process 1:python;thread (0x2): hookledger-appender;_write (c.py) 2",
+            "not a sample line",
+        ]
+    )
+    samples, own, total, python_own, callers = parse_raw_profile(raw)
+    assert samples == {"MainThread": 8, "hookledger-appender": 2}
+    assert own["MainThread"]["libc.so.6:write"] == 3
+    assert total["MainThread"]["a.py:run"] == 8  # a recursive frame counts once per sample
+    assert python_own["MainThread"]["a.py:run"] == 3  # innermost Python frame under write
+    assert callers["MainThread"]["libc.so.6:write"]["a.py:run"] == 3
+    assert own["hookledger-appender"]["c.py:_write"] == 2
+
+
+def test_the_rebuild_ceiling_writes_what_the_hand_loop_writes(db_url, monkeypatch):
+    # 2,000 events over 300 keys, all in one chunk: each key changes six or seven times,
+    # and the last change of each must win on both sides.
+    monkeypatch.setattr(rebuild, "KEYS", 300)
+    rebuild.generate(db_url, 2_000)
+    hand = rebuild.hand_loop(db_url)
+    ceiling = rebuild.set_based(db_url)
+    assert hand["events"] == ceiling["events"] == 2_000
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            columns = "entity, id, name, n, data, version, position, deleted"
+            rows = {
+                table: conn.execute(
+                    text(f"SELECT {columns} FROM {table} ORDER BY entity, id")
+                ).all()
+                for table in ("hand_entities", "sql_entities")
+            }
+    finally:
+        engine.dispose()
+    assert len(rows["hand_entities"]) == 300
+    assert [tuple(r) for r in rows["sql_entities"]] == [tuple(r) for r in rows["hand_entities"]]
