@@ -67,11 +67,9 @@ def read_head(conn: Connection, lock: bool = False) -> tuple[int, str]:
     """The last position and its hash (0 and 64 zeros for an empty log).
 
     `lock` takes the head row for the transaction on PostgreSQL (SQLite's writers hold
-    the database with BEGIN IMMEDIATE). Plain SQL: every append batch reads it."""
+    the database with BEGIN IMMEDIATE). Plain SQL: every SQLite append batch reads it."""
     postgres_lock = lock and conn.dialect.name == "postgresql"
-    position, head_hash = conn.exec_driver_sql(
-        _HEAD_SQL + (" FOR UPDATE" if postgres_lock else "")
-    ).one()
+    position, head_hash = conn.exec_driver_sql(_HEAD_LOCK_SQL if postgres_lock else _HEAD_SQL).one()
     return position, head_hash
 
 
@@ -163,6 +161,7 @@ def _flat(rows: list[tuple]) -> tuple:
 
 
 _HEAD_SQL = "SELECT position, hash FROM ledger_head WHERE id = 1"
+_HEAD_LOCK_SQL = _HEAD_SQL + " FOR UPDATE"  # PostgreSQL: the head row, for this transaction
 _HEAD_UPDATE_SQL = "UPDATE ledger_head SET position = ?, hash = ? WHERE id = 1"
 _INSERT_COLUMNS = (
     "position, source, received_at_us, event_id, event_type, query, headers, body, "
@@ -210,7 +209,7 @@ def _locked_head(
         head = cursors.enter_context(raw.cursor())
         lookups = []
         with raw.pipeline() if PIPELINE else contextlib.nullcontext():
-            head.execute(_HEAD_SQL + " FOR UPDATE")
+            head.execute(_HEAD_LOCK_SQL)
             for source, ids in wanted.items():
                 cursor = cursors.enter_context(raw.cursor())
                 # Planned for its ids each time: a plan psycopg prepared while the log
