@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench.harness import REPO, SECRET_ENV, SIGNATURE_HEADER, hookledger_bin, server_env, sign, stop
+from tests.projection_support import entities_projection
 
 SOURCE = "app"
 CONFIG = """\
@@ -23,13 +24,6 @@ access_log = false
 verifier = "hmac-sha256"
 secret_env = "{secret_env}"
 signature_header = "{header}"
-[projections.entities]
-source = "{source}"
-types = ["data_updated", "data_deleted"]
-key = ["/entity", "/id"]
-object = "/data"
-version = "/version"
-delete_on = ["data_deleted"]
 """
 WARMUP = 20  # deliveries sent before a catch-up measurement (first build, connections)
 
@@ -81,6 +75,7 @@ class Client:
 def write_config(path: Path, url: str) -> Path:
     path.write_text(
         CONFIG.format(url=url, source=SOURCE, secret_env=SECRET_ENV, header=SIGNATURE_HEADER)
+        + entities_projection(SOURCE)
     )
     return path
 

@@ -117,17 +117,13 @@ class Poisoned(Projection):
             conn.execute(table.insert().values(position=e.position))
 
 
-def entities_toml(columns: str = "") -> str:
-    """Config text: the unsigned `app` source and the generic `entities` projection.
+def entities_projection(source: str = "app", columns: str = "") -> str:
+    """Config text of the generic `entities` projection over `source`.
 
     `columns` is the TOML value of the projection's `columns` key, if any."""
-    text = """
-[sources.app]
-verifier = "none"
-event_id = "header:X-Event-Id"
-
+    text = f"""
 [projections.entities]
-source = "app"
+source = "{source}"
 types = ["data_updated", "data_deleted"]
 key = ["/entity", "/id"]
 object = "/data"
@@ -135,3 +131,13 @@ version = "/version"
 delete_on = ["data_deleted"]
 """
     return text + (f"columns = {columns}\n" if columns else "")
+
+
+def entities_toml(columns: str = "") -> str:
+    """Config text: the unsigned `app` source and the generic `entities` projection."""
+    source = """
+[sources.app]
+verifier = "none"
+event_id = "header:X-Event-Id"
+"""
+    return source + entities_projection("app", columns)

@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from projections.worker import wait_until
+from tests.projection_support import entities_projection
 
 ADMIN, VIEWER = "console-admin-secret", "console-viewer-secret"
 TOKENS = {"HL_ADMIN": ADMIN, "HL_VIEWER": VIEWER}
@@ -36,21 +37,15 @@ name = "support"
 token_env = "HL_VIEWER"
 scopes = ["read"]
 """
-PROJECTIONS = """
-[projections.entities]
-source = "app"
-types = ["data_updated", "data_deleted"]
-key = ["/entity", "/id"]
-object = "/data"
-version = "/version"
-delete_on = ["data_deleted"]
-columns = { name = "/data/name" }
-
+PROJECTIONS = (
+    entities_projection("app", '{ name = "/data/name" }')
+    + """
 [projections.signups]
 source = "app"
 types = ["user.signup"]
 key = "/user"
 """
+)
 ENV = {**TOKENS, "HOOKS_SECRET": "s1,s2"}
 
 

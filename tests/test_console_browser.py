@@ -30,6 +30,7 @@ from ledger import migrate
 from ledger.db import make_engine, writer
 from ledger.store import NewEvent, append_batch
 from tests.pg import free_port
+from tests.projection_support import entities_projection
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -48,7 +49,8 @@ PHONE = {"width": 390, "height": 844}
 SCREENSHOTS = os.environ.get("HOOKLEDGER_SCREENSHOTS") == "1"
 ADMIN, VIEWER = "admin-token-0123456789", "viewer-token-0123456789"
 
-CONFIG = """
+CONFIG = (
+    """
 database_url = "sqlite:///DB"
 
 [[tokens]]
@@ -71,16 +73,9 @@ secret_env = "SHOP_WEBHOOK_SECRET"
 signature_header = "X-Shop-Hmac"
 event_id = "/id"
 event_type = "/topic"
-
-[projections.entities]
-source = "app"
-types = ["data_updated", "data_deleted"]
-key = ["/entity", "/id"]
-object = "/data"
-version = "/version"
-delete_on = ["data_deleted"]
-columns = { name = "/data/name" }
-
+"""
+    + entities_projection("app", '{ name = "/data/name" }')
+    + """
 [projections.orders]
 source = "shop"
 types = ["orders/create", "orders/paid"]
@@ -88,6 +83,7 @@ key = "/order/id"
 object = "/order"
 columns = { status = "/order/status", total = { path = "/order/total", type = "integer" } }
 """
+)
 
 
 class Server:
