@@ -250,3 +250,12 @@ def test_status_cli_says_when_the_workers_run_older_code(tmp_path):
     stale = hookledger("status", "--config", str(config), cwd=tmp_path)
     assert stale.returncode == 0, stale.stderr
     assert "counts: the workers run an older definition than the one on disk" in stale.stderr
+
+
+def test_shop_domain_is_a_shopify_key(tmp_path):
+    path = tmp_path / "hookledger.toml"
+    path.write_text('[sources.gh]\nverifier = "github"\nsecret_env = "S"\nshop_domain = "x"\n')
+    with pytest.raises(ConfigError, match=r"sources\.gh\.shop_domain: applies to verifier"):
+        load_config(str(path), {})
+    path.write_text('[sources.sh]\nverifier = "shopify"\nsecret_env = "S"\nshop_domain = "a.b"\n')
+    assert load_config(str(path), {}).sources["sh"].send_options == {"shop_domain": "a.b"}
