@@ -52,7 +52,6 @@ class SourceConfig:
     signature_header: str | None = None
     event_id: str | None = None
     event_type: str | None = None
-    secret_envs: tuple[str, ...] = ()  # the variable names, in the order given
     send_options: Mapping[str, str] = field(default_factory=dict)  # e.g. shop_domain
 
     @property
@@ -248,7 +247,6 @@ def _source(file: str, name: str, raw: Mapping[str, Any], env: Mapping[str, str]
         signature_header=header.lower() if header else None,
         event_id=r.get("event_id", str),
         event_type=r.get("event_type", str),
-        secret_envs=names,
         send_options=options,
     )
 
