@@ -17,13 +17,15 @@ run: $(VENV)/.installed
 	$(VENV)/bin/hookledger serve --config examples/hookledger.toml --port $(PORT)
 
 # Debian packages the tests need: a PostgreSQL server (initdb, pg_ctl) and Chromium for the
-# console's browser tests (driven by Playwright with executable_path=/usr/bin/chromium).
+# console's browser tests (driven by Playwright with executable_path=/usr/bin/chromium), and
+# node with npm for the providers' JavaScript libraries (tests/test_provider_libraries.py).
 sysdeps:
 	@pkgs=""; \
 	if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 		pkgs="$$pkgs postgresql"; \
 	fi; \
 	if [ ! -x /usr/bin/chromium ]; then pkgs="$$pkgs chromium"; fi; \
+	if ! command -v npm >/dev/null 2>&1; then pkgs="$$pkgs nodejs npm"; fi; \
 	if [ -n "$$pkgs" ]; then \
 		echo "installing$$pkgs from Debian"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$pkgs; \

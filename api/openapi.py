@@ -173,6 +173,11 @@ SCHEMAS: dict[str, Any] = {
             "errors": INT,
             "rebuild": {"oneOf": [_ref("Progress"), {"type": "null"}]},
             "last_swap": {"type": ["object", "null"]},
+            "outdated": {
+                "type": "boolean",
+                "description": "the workers run an older definition than the one on disk "
+                "(a Python projection's code or the config changed): restart them",
+            },
             "last_error": {"type": ["object", "null"]},
         },
     },

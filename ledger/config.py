@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.errors import ConfigError
+from ledger.pointer import check as pointer_problem
 from ledger.verifiers import SCHEMES
 
 DEFAULT_DATABASE_URL = "sqlite:///hookledger.db"
@@ -45,12 +46,13 @@ class SourceConfig:
 
     name: str
     verifier: str
-    secret_env: str | None = None
+    secret_env: str | None = None  # the variable(s), as text for messages: "A" or "A or B"
     secrets: tuple[str, ...] = ()
     tolerance_seconds: int = 300
     signature_header: str | None = None
     event_id: str | None = None
     event_type: str | None = None
+    send_options: Mapping[str, str] = field(default_factory=dict)  # e.g. shop_domain
 
     @property
     def needs_secret(self) -> bool:
@@ -145,10 +147,9 @@ class _Reader:
         return value
 
 
-def _type_word(name: str) -> str:
-    return {"str": "a string", "int": "an integer", "list": "a list", "dict": "a table"}.get(
-        name, name
-    )
+def _type_word(names: str) -> str:
+    words = {"str": "a string", "int": "an integer", "list": "a list", "dict": "a table"}
+    return " or ".join(words.get(name, name) for name in names.split(" or "))
 
 
 def _parse(data: Mapping[str, Any], file: str, env: Mapping[str, str], path: str | None) -> Config:
@@ -206,6 +207,7 @@ def _source(file: str, name: str, raw: Mapping[str, Any], env: Mapping[str, str]
         "signature_header",
         "event_id",
         "event_type",
+        "shop_domain",
     }
     r = _Reader(file, f"sources.{name}.", raw, allowed)
     if not name or not all(c.isalnum() or c in "-_." for c in name):
@@ -214,12 +216,9 @@ def _source(file: str, name: str, raw: Mapping[str, Any], env: Mapping[str, str]
     if verifier not in SCHEMES:
         r.fail("verifier", f"unknown verifier {verifier!r} (expected one of: {', '.join(SCHEMES)})")
     scheme = SCHEMES[verifier]
-    secret_env = r.get("secret_env", str)
-    if scheme.needs_secret and not secret_env:
+    names, secrets = _secrets(r, env)
+    if scheme.needs_secret and not names:
         r.fail("secret_env", f"is required by verifier {verifier!r}")
-    secrets: tuple[str, ...] = ()
-    if secret_env and env.get(secret_env):
-        secrets = tuple(s.strip() for s in env[secret_env].split(",") if s.strip())
     tolerance = r.get("tolerance_seconds", int, 300)
     if tolerance < 1:
         r.fail("tolerance_seconds", "must be at least 1 (clocks and networks are not instant)")
@@ -230,13 +229,42 @@ def _source(file: str, name: str, raw: Mapping[str, Any], env: Mapping[str, str]
         spec = r.get(key, str)
         if spec is not None and not (spec.startswith("header:") or spec.startswith("/")):
             r.fail(key, f"expected 'header:Name' or a JSON Pointer like '/id', got {spec!r}")
+        if spec is not None and spec.startswith("/") and (problem := pointer_problem(spec)):
+            r.fail(key, problem)
+    options = {}
+    if "shop_domain" in raw:
+        if verifier != "shopify":
+            r.fail("shop_domain", "applies to verifier 'shopify' only")
+        options["shop_domain"] = r.get("shop_domain", str)
+        if not options["shop_domain"]:
+            r.fail("shop_domain", "must not be empty")
     return SourceConfig(
         name=name,
         verifier=verifier,
-        secret_env=secret_env,
+        secret_env=" or ".join(names) or None,
         secrets=secrets,
         tolerance_seconds=tolerance,
         signature_header=header.lower() if header else None,
         event_id=r.get("event_id", str),
         event_type=r.get("event_type", str),
+        send_options=options,
     )
+
+
+def _secrets(r: _Reader, env: Mapping[str, str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """`secret_env`'s variable names and the secrets they hold (SPEC 3).
+
+    One name: a comma-separated list of secrets, spaces around each removed. A list
+    of names: each set variable holds one secret, taken verbatim (commas and spaces
+    included); unset or empty ones are skipped."""
+    value = r.get("secret_env", (str, list))
+    if value is None or value == "":
+        return (), ()
+    if isinstance(value, str):
+        text = env.get(value) or ""
+        return (value,), tuple(s.strip() for s in text.split(",") if s.strip())
+    if not value or not all(isinstance(v, str) and v for v in value):
+        r.fail("secret_env", "expected a variable name or a non-empty list of variable names")
+    if len(set(value)) != len(value):
+        r.fail("secret_env", "names a variable twice")
+    return tuple(value), tuple(env[v] for v in value if env.get(v))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 MISSING = object()
+_BAD_ESCAPE = re.compile("~(?![01])")  # RFC 6901: "~" only as "~0" (~) or "~1" (/)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -15,7 +17,18 @@ def tokens(pointer: str) -> tuple[str, ...]:
         return ()
     if not pointer.startswith("/"):
         raise ValueError(f"JSON Pointer must start with '/': {pointer!r}")
+    if "~" in pointer and _BAD_ESCAPE.search(pointer):
+        raise ValueError(f"JSON Pointer {pointer!r} has an invalid escape (only ~0 and ~1)")
     return tuple(t.replace("~1", "/").replace("~0", "~") for t in pointer[1:].split("/"))
+
+
+def check(pointer: str) -> str | None:
+    """Why `pointer` is not a JSON Pointer (RFC 6901), or None when it is one."""
+    try:
+        tokens(pointer)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def resolve(doc: Any, pointer: str) -> Any:

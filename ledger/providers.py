@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from ledger.verifiers import (
@@ -197,15 +198,24 @@ class GitHubScheme(Scheme):
         return headers, ""
 
 
+SHOPIFY_API_VERSION = "2025-10"  # what `send` puts in X-Shopify-API-Version
+SHOPIFY_SHOP_DOMAIN = "hookledger-dev.myshopify.com"  # `send`'s default shop (`shop_domain`)
+
+
 class ShopifyScheme(Scheme):
-    """Shopify: `X-Shopify-Hmac-Sha256`, base64 HMAC-SHA256 of the body; id and topic in headers."""
+    """Shopify: base64 HMAC-SHA256 of the body; id and topic in headers.
+
+    Classic deliveries name the headers `X-Shopify-*`; the newer ones (events) drop the
+    `X-`: both spellings are read, the prefixed one first."""
 
     name = "shopify"
-    id_specs = ("header:x-shopify-webhook-id",)
-    type_specs = ("header:x-shopify-topic",)
+    id_specs = ("header:x-shopify-webhook-id", "header:shopify-webhook-id")
+    type_specs = ("header:x-shopify-topic", "header:shopify-topic")
 
     def verify(self, delivery, secrets, now, tolerance, header=None) -> Verdict:
-        value = header_value(delivery, "x-shopify-hmac-sha256")
+        value = header_value(delivery, "x-shopify-hmac-sha256") or header_value(
+            delivery, "shopify-hmac-sha256"
+        )
         if value is None:
             return MISSING_SIGNATURE
         mac = decode_base64_mac(value)
@@ -213,11 +223,26 @@ class ShopifyScheme(Scheme):
             return BAD_SIGNATURE
         return match_any([mac], [hmac_sha256(s.encode(), delivery.body) for s in secrets])
 
-    def sign(self, body, secret, now, header=None, event_id=None, event_type=None):
+    def sign(
+        self,
+        body,
+        secret,
+        now,
+        header=None,
+        event_id=None,
+        event_type=None,
+        shop_domain: str = SHOPIFY_SHOP_DOMAIN,
+    ):
+        """Every header of a classic delivery, as Shopify's own library requires them."""
         mac = base64.b64encode(hmac_sha256(secret.encode(), body)).decode()
+        triggered = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
         headers = [
             ("X-Shopify-Hmac-Sha256", mac),
             ("X-Shopify-Webhook-Id", event_id or default_guid(body)),
+            ("X-Shopify-Shop-Domain", shop_domain),
+            ("X-Shopify-API-Version", SHOPIFY_API_VERSION),
+            ("X-Shopify-Triggered-At", triggered.replace("+00:00", "Z")),
+            ("X-Shopify-Event-Id", default_guid(b"event:" + body)),
         ]
         if event_type:
             headers.append(("X-Shopify-Topic", event_type))

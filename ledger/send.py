@@ -49,6 +49,7 @@ def signed_request(
         header=source.signature_header,
         event_id=event_id,
         event_type=event_type,
+        **source.send_options,
     )
     present = {name.lower() for name, _ in headers}
     for spec, value in ((source.event_id, event_id), (source.event_type, event_type)):

@@ -1,9 +1,13 @@
-"""Alembic environment: reuses a connection handed in by `ledger.migrate`, else the URL."""
+"""Alembic environment: reuses a connection handed in by `ledger.migrate`, else the URL.
+
+The target and the filter (`migrations.target`) cover all of hookledger's own
+tables and leave out the engine's projection tables and views.
+"""
 
 from alembic import context
 from sqlalchemy import create_engine
 
-from ledger.schema import metadata
+from migrations.target import TARGET, include_name
 
 config = context.config
 
@@ -20,13 +24,17 @@ def run() -> None:
 
 
 def _migrate(connection) -> None:
-    context.configure(connection=connection, target_metadata=metadata)
+    context.configure(connection=connection, target_metadata=TARGET, include_name=include_name)
     with context.begin_transaction():
         context.run_migrations()
 
 
 if context.is_offline_mode():
-    context.configure(url=config.get_main_option("sqlalchemy.url"), target_metadata=metadata)
+    context.configure(
+        url=config.get_main_option("sqlalchemy.url"),
+        target_metadata=TARGET,
+        include_name=include_name,
+    )
     with context.begin_transaction():
         context.run_migrations()
 else:

@@ -87,6 +87,13 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     out.print(table)
     if not entries:
         err.print("no projections are configured")
+    for e in entries:
+        if e["outdated"]:
+            err.print(
+                f"{e['name']}: the workers run an older definition than the one on disk "
+                "(its code or config changed): restart them to build the new version",
+                markup=False,
+            )
     failed = [
         e
         for e in entries

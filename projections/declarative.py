@@ -18,6 +18,7 @@ import orjson
 
 from ledger.errors import ConfigError
 from ledger.pointer import MISSING, resolve, tokens
+from ledger.pointer import check as pointer_problem
 from projections.model import NOT_JSON, Event, HandlerError
 from projections.ordering import VersionError, is_newer, version_text
 
@@ -90,6 +91,9 @@ class Definition:
         def pointer(key: str, value: Any) -> str:
             if not isinstance(value, str) or (value and not value.startswith("/")):
                 raise fail(key, f"expected a JSON Pointer such as '/id', got {value!r}")
+            problem = pointer_problem(value)
+            if problem:
+                raise fail(key, problem)
             return value
 
         def strings(key: str) -> tuple[str, ...] | None:

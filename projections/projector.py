@@ -12,6 +12,7 @@ import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -33,7 +34,7 @@ from ledger.config import Config
 from ledger.errors import ConfigError
 from projections.declarative import KEPT, Definition, HandlerError, RowState, fold, keys_of
 from projections.model import Event
-from projections.python import Projection, load_class
+from projections.python import Projection, file_digest, load_class, source_file
 from projections.table_sql import RowSql, row_sql
 
 RESERVED_NAMES = {
@@ -74,6 +75,11 @@ class Projector:
     def build_table(self, table_name: str) -> Table:
         """The table of one version, named `table_name`."""
         raise NotImplementedError
+
+    def fingerprint_now(self) -> str:
+        """The fingerprint of the definition as it is on disk now (`status` compares it
+        with what the workers built): a Python projection's code may have changed."""
+        return self.fingerprint
 
     def apply(self, conn: Connection, table: Table, events: Sequence[Event]) -> Outcome:
         """Apply a batch in the caller's transaction."""
@@ -255,7 +261,17 @@ class PythonProjector(Projector):
         self.on_error = on_error
         self.source = impl.source
         self.types = tuple(impl.types) if impl.types is not None else None
-        self.fingerprint = hashlib.sha256(f"python:{spec}:{impl.version}".encode()).hexdigest()
+        self.spec = spec
+        self.code_file = source_file(impl)
+        self.fingerprint = self._fingerprint(file_digest(self.code_file))
+
+    def _fingerprint(self, code: str) -> str:
+        """Class, version and the module's source: editing the code builds a new version."""
+        text = f"python:{self.spec}:{self.impl.version}:{code}"
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def fingerprint_now(self) -> str:
+        return self._fingerprint(file_digest(self.code_file))
 
     def build_table(self, table_name: str) -> Table:
         return self.impl.table(MetaData(), table_name)
@@ -303,8 +319,11 @@ def is_sql_keyword(name: str) -> bool:
 
 
 def load_projectors(config: Config) -> dict[str, Projector]:
-    """Every projection of the config, validated; ConfigError names file and key."""
+    """Every projection of the config, validated; ConfigError names file and key.
+
+    Python projections import with the config file's folder on the import path."""
     where = config.path or "<defaults>"
+    folder = str(Path(config.path).resolve().parent) if config.path else None
     out: dict[str, Projector] = {}
     for name, raw in config.projections.items():
         if (
@@ -339,8 +358,16 @@ def load_projectors(config: Config) -> dict[str, Projector]:
             on_error = raw.get("on_error", "halt")
             if on_error not in ("halt", "skip"):
                 raise ConfigError(f"{where}: projections.{name}.on_error: expected halt or skip")
-            impl = load_class(str(raw["class"]), f"{where}: projections.{name}.class")
+            impl = load_class(str(raw["class"]), f"{where}: projections.{name}.class", folder)
             out[name] = PythonProjector(name, impl, str(raw["class"]), on_error)
         else:
             out[name] = DeclarativeProjector(Definition.parse(name, raw, where))
+        source = out[name].source
+        if source is not None and source not in config.sources:
+            key = "class" if "class" in raw else "source"
+            known = ", ".join(sorted(config.sources)) or "none"
+            raise ConfigError(
+                f"{where}: projections.{name}.{key}: no source named {source!r} is configured "
+                f"(sources: {known})"
+            )
     return out

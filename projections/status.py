@@ -76,6 +76,8 @@ def describe(conn: Connection, projector: Projector, head: int) -> dict[str, Any
         "rows": count_rows(conn, projector.name, projector.tombstones) if live else 0,
         "rebuild": progress(building, head) if building is not None else None,
         "last_swap": _last_swap(live),
+        # the workers run an older definition than the one on disk: restart them
+        "outdated": _outdated(projector, building or live),
         "errors": conn.execute(
             select(func.count())
             .select_from(projection_errors)
@@ -89,6 +91,11 @@ def describe(conn: Connection, projector: Projector, head: int) -> dict[str, Any
             "at": iso_from_us(last_error.at_us),
         },
     }
+
+
+def _outdated(projector: Projector, newest: Row | None) -> bool:
+    """Did the definition change on disk since the workers built their newest version?"""
+    return newest is not None and newest.fingerprint != projector.fingerprint_now()
 
 
 def _last_swap(live: Row | None) -> dict[str, Any] | None:
