@@ -186,7 +186,9 @@ def create_app(
             if worker is not None:
                 worker.wake()
 
-        appender = Appender(engine, on_commit=committed)
+        appender = Appender(
+            engine, on_commit=committed, rejections_max_bytes=config.server.rejections_max_bytes
+        )
         appender.start()
         background = [WorkerThread(worker)] if worker else []
         if worker and engine.dialect.name == "postgresql":

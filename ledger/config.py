@@ -28,6 +28,7 @@ class ServerConfig:
     redact_headers: frozenset[str] = frozenset({"authorization", "cookie"})
     access_log: bool = True
     body_timeout_seconds: float = 30.0
+    rejections_max_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,7 @@ def _parse(data: Mapping[str, Any], file: str, env: Mapping[str, str], path: str
             "redact_headers",
             "access_log",
             "body_timeout_seconds",
+            "rejections_max_bytes",
         },
     )
     max_body = srv.get("max_body_bytes", int, ServerConfig.max_body_bytes)
@@ -182,11 +184,15 @@ def _parse(data: Mapping[str, Any], file: str, env: Mapping[str, str], path: str
             "body_timeout_seconds",
             f"must be a number of seconds in (0, 3600], got {body_timeout!r}",
         )
+    rejections_max = srv.get("rejections_max_bytes", int, ServerConfig.rejections_max_bytes)
+    if rejections_max < 0:
+        srv.fail("rejections_max_bytes", "must be 0 (keep none, only count them) or more")
     server = ServerConfig(
         max_body,
         frozenset(h.lower() for h in redact),
         access_log,
         body_timeout_seconds=float(body_timeout),
+        rejections_max_bytes=rejections_max,
     )
 
     tokens = []

@@ -158,6 +158,16 @@ BAD_CONFIGS = [
         "server.body_timeout_seconds",
     ),
     ("bool-body-timeout", "[server]\nbody_timeout_seconds = true\n", "server.body_timeout_seconds"),
+    (
+        "negative-rejections-bound",
+        "[server]\nrejections_max_bytes = -1\n",
+        "server.rejections_max_bytes",
+    ),
+    (
+        "float-rejections-bound",
+        "[server]\nrejections_max_bytes = 1.5\n",
+        "server.rejections_max_bytes",
+    ),
 ]
 
 
