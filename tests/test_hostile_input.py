@@ -547,8 +547,8 @@ def test_slow_bodies_are_cut_off_and_do_not_block_others(server):
                 outcomes.append((status, headers, body, elapsed, closed))
 
     def header_loris(sock: socket.socket) -> None:
-        # Trickles its header block; uvicorn has no header timeout, so this one is
-        # only required not to block anybody (we hang up on it ourselves).
+        # Trickles its header block: it must not block anybody (the server cuts it
+        # at the head deadline, see test_a_request_head_that_never_completes_is_cut).
         for byte in b"X-Slow: " + b"s" * 100:
             if stop.is_set():
                 return
@@ -659,6 +659,43 @@ def test_many_stalled_bodies_do_not_stop_a_normal_delivery(server):
     assert_still_serving(server, before + 1)
 
 
+def test_a_request_head_that_never_completes_is_cut(server):
+    """uvicorn alone keeps these forever: a connection that sends nothing, and a head
+    that trickles in. Both get 408 and are closed at the deadline (the same timeout)."""
+    before = ledger_count(server)
+    idle = connect(server)
+    partial = connect(server)
+    send_all(partial, REQUEST_HEAD)  # the request line and one header, never the blank line
+    trickle = connect(server)
+    try:
+        started = time.monotonic()
+        send_all(trickle, REQUEST_HEAD)
+        trickle.settimeout(0.01)
+        answer = b""
+        for byte in b"X-Slow: " + b"s" * 100:  # a byte every 50 ms: 5 s of header
+            with contextlib.suppress(OSError):
+                trickle.send(bytes([byte]))
+            with contextlib.suppress(TimeoutError, ConnectionResetError):
+                answer += trickle.recv(65536)
+            if b"\r\n\r\n" in answer:
+                break
+            time.sleep(0.05)
+        trickled = time.monotonic() - started
+        assert trickled <= READ_TIMEOUT_S + SWEEP_S + 1.0, trickled
+        trickle.settimeout(5)
+        status, headers, body = read_response(trickle, answer)
+        assert (status, json_error(status, headers, body)["error"]) == (408, "header_timeout")
+        for sock in (idle, partial):
+            status, headers, body, _ = await_answer(sock, 5)
+            assert (status, json_error(status, headers, body)["error"]) == (408, "header_timeout")
+            assert closed_by_server(sock)
+        assert time.monotonic() - started <= READ_TIMEOUT_S + SWEEP_S + 1.5
+    finally:
+        for sock in (idle, partial, trickle):
+            sock.close()
+    assert_still_serving(server, before)
+
+
 def incomplete_bodies(server: Server) -> float:
     """The server's count of deliveries whose client hung up mid-body (from /metrics)."""
     text = httpx.get(server.url + "/metrics", timeout=10).text
@@ -762,3 +799,27 @@ def test_garbage_on_the_wire_does_not_take_the_server_down(server):
                     status = int(answer.split(b" ", 2)[1])
                     assert 400 <= status < 500 and status != 500, answer[:300]
     assert_still_serving(server, before)
+
+
+def test_serve_raises_a_low_soft_file_limit():
+    """Each connection takes a descriptor: `serve` lifts a soft limit of 256 towards the
+    hard one (at most 65,536) before it starts uvicorn."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    expected = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
+    code = (
+        "import resource\n"
+        "from api.cli import raise_file_limit\n"
+        "raise_file_limit()\n"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)),
+    )
+    assert int(result.stdout) == max(256, expected)
