@@ -23,6 +23,7 @@ from starlette.types import Receive, Scope, Send
 from api import audit, console
 from api import projections as proj_routes
 from api.access_log import AccessLines, AccessLog
+from api.deadlines import BodyDeadlines
 from api.errors import HANDLERS, error_response
 from api.ingest import Ingest, hooks_source
 from api.metrics import Metrics
@@ -52,6 +53,7 @@ class Services:
     applied: Applied | None = None
     loop: asyncio.AbstractEventLoop | None = None  # the one serving requests
     access: AccessLines | None = None  # None: access_log = false
+    deadlines: BodyDeadlines | None = None  # body reads, `[server] body_timeout_seconds`
 
 
 class Applied:
@@ -184,7 +186,9 @@ def create_app(
             if worker is not None:
                 worker.wake()
 
-        appender = Appender(engine, on_commit=committed)
+        appender = Appender(
+            engine, on_commit=committed, rejections_max_bytes=config.server.rejections_max_bytes
+        )
         appender.start()
         background = [WorkerThread(worker)] if worker else []
         if worker and engine.dialect.name == "postgresql":
@@ -199,6 +203,7 @@ def create_app(
         app.state.hl = Services(
             config, engine, appender, projectors, observed, worker, applied, applied.loop, access
         )
+        app.state.hl.deadlines = BodyDeadlines(config.server.body_timeout_seconds, applied.loop)
         try:
             yield
         finally:

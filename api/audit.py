@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from api import params
 from api.auth import require
 from api.errors import ApiError
-from ledger import store
+from ledger import rejections, store
 from ledger.db import translated
 from ledger.timefmt import iso_from_us
 from ledger.verify import verify_ledger
@@ -145,7 +145,7 @@ async def list_rejections(request: Request) -> Response:
     limit = params.limit(request)
     rows = await _read(
         request.app.state.hl,
-        store.list_rejections,
+        rejections.list_rejections,
         source=request.query_params.get("source") or None,
         before=params.integer(request, "cursor", None, 1, params.MAX_INT),
         limit=limit,

@@ -26,6 +26,7 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     import uvicorn
 
     from api.app import startup_warnings
+    from api.wire import HEAD_TIMEOUT_ENV
     from ledger.db import make_engine
     from projections.projector import load_projectors
 
@@ -50,6 +51,8 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
         os.environ["HOOKLEDGER_NO_PROJECTOR"] = "1"
     # One console signing key for all worker processes of this server, new at each start.
     os.environ[CONSOLE_KEY_ENV] = secrets.token_hex(32)
+    os.environ[HEAD_TIMEOUT_ENV] = repr(config.server.body_timeout_seconds)
+    raise_file_limit()
     workers = "no projectors" if args.no_projector or not projectors else "projectors in-process"
     err.print(
         f"hookledger serving on http://{args.host}:{args.port} (database {where}; {workers})",
@@ -62,10 +65,22 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
         port=args.port,
         workers=args.workers,
         access_log=False,
+        http="api.wire:HeadDeadlineProtocol",  # uvicorn never times out a request head
         log_level="info",
         timeout_graceful_shutdown=10,
     )
     return 0
+
+
+def raise_file_limit(wanted: int = 65536) -> None:
+    """Raise the soft limit on open files towards the hard one: each connection takes a
+    descriptor, and the common soft default (1024) is what slow clients exhaust first."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def _migrate_when_reachable(engine, wait_s: float) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 import orjson
 from starlette.types import Receive, Scope, Send
 
+from api.deadlines import BodyDeadlines
 from api.errors import RETRY_AFTER_SECONDS, ApiError
 from ledger.errors import HookledgerError, NotMigrated, StorageUnavailable
 from ledger.intake import Received, decide, slack_challenge, unconfigured
@@ -27,10 +28,10 @@ _DETAILS = {
 }
 
 
-# Limits of the HTTP layer that the config does not (yet) expose. uvicorn's default
+# Limits of the HTTP layer that the config does not expose. uvicorn's default
 # (httptools) parser accepts any number and size of headers, and never times out a
-# request whose body trickles in, so the ingest path enforces these itself.
-BODY_READ_TIMEOUT_S = 30.0  # the whole body must arrive within this, else 408
+# request whose body is slow or never starts, so the ingest path enforces these itself
+# (the body deadline, `[server] body_timeout_seconds`, is kept by `api.deadlines`).
 MAX_HEADER_COUNT = 200  # header fields per delivery, else 431
 MAX_HEADER_BYTES = 64 * 1024  # names plus values, else 431
 
@@ -52,46 +53,56 @@ def check_headers(raw_headers: list[tuple[bytes, bytes]]) -> None:
         )
 
 
-async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
+async def read_body(
+    receive: Receive, headers: Mapping[str, str], limit: int, deadlines: BodyDeadlines
+) -> bytes:
     """The whole body, refusing (413) as soon as it passes `limit` bytes, and (408) when
-    it has not arrived whole within BODY_READ_TIMEOUT_S."""
+    it has not arrived whole within `deadlines.seconds` of the end of the headers
+    (including a body that never starts)."""
     declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
-    # Most deliveries arrive in one message: read it before arming the timeout.
+    task = asyncio.current_task()
+    assert task is not None
+    deadlines.arm(task)
+    try:
+        return await _receive_all(receive, limit)
+    except asyncio.CancelledError:
+        if deadlines.expired(task) and task.uncancel() == 0:
+            raise ApiError(
+                408,
+                "body_timeout",
+                f"the body did not arrive within {deadlines.seconds:g} seconds of the headers",
+                _CLOSE,
+            ) from None
+        raise
+    finally:
+        deadlines.disarm(task)
+
+
+async def _receive_all(receive: Receive, limit: int) -> bytes:
     message = await receive()
     if message["type"] == "http.request" and not message.get("more_body", False):
-        body = message.get("body", b"")
+        body = message.get("body", b"")  # most deliveries arrive in one message
         if len(body) > limit:
             raise _too_large(limit)
         return body
     chunks: list[bytes] = []
     size = 0
-    try:
-        async with asyncio.timeout(BODY_READ_TIMEOUT_S):
-            while True:
-                if message["type"] == "http.disconnect":
-                    # Nobody is left to read the answer; it only keeps this out of the error log.
-                    raise ApiError(
-                        400,
-                        "incomplete_body",
-                        "the client disconnected before sending the whole body",
-                    )
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise _too_large(limit)
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
-                message = await receive()
-    except TimeoutError:
-        raise ApiError(
-            408,
-            "body_timeout",
-            f"the body did not arrive within {BODY_READ_TIMEOUT_S:g} seconds",
-            _CLOSE,
-        ) from None
+    while True:
+        if message["type"] == "http.disconnect":
+            # Nobody is left to read the answer; it only keeps this out of the error log.
+            raise ApiError(
+                400, "incomplete_body", "the client disconnected before sending the whole body"
+            )
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+        message = await receive()
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
@@ -200,7 +211,7 @@ async def _ingest(hl, scope: Scope, receive: Receive, name: str) -> Answer:
     raw_headers = scope["headers"]
     check_headers(raw_headers)
     headers = header_map(raw_headers)
-    body = await read_body(receive, headers, server.max_body_bytes)
+    body = await read_body(receive, headers, server.max_body_bytes, hl.deadlines)
     client = scope.get("client")
     received = Received(
         source=name,

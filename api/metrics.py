@@ -1,7 +1,9 @@
 """Prometheus metrics: what an operator graphs and alerts on.
 
-Counters and histograms are updated on the hot path; positions, lag and
-projection states are read from the database at scrape time. Each app
+Counters and histograms are updated on the hot path; positions, lag,
+projection states and the persisted rejection counts (which cover every
+process and outlive the rows the bound removed) are read from the
+database at scrape time. Each app
 has its own registry (several apps in one test process must not share).
 """
 
@@ -11,10 +13,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 
+from ledger import rejections
 from ledger.db import translated
 from ledger.errors import HookledgerError
 from ledger.store import read_head
@@ -86,6 +89,8 @@ class _StateCollector(Collector):
         try:
             with translated(), self.engine.connect() as conn:
                 position, _ = read_head(conn)
+                refused = rejections.counts(conn)
+                kept = rejections.usage(conn)
             entries = status(self.engine, self.projectors)
         except HookledgerError:
             up.add_metric([], 0)
@@ -95,6 +100,7 @@ class _StateCollector(Collector):
         head.add_metric([], position)
         yield up
         yield head
+        yield from _rejection_metrics(refused, kept)
         labels = ["projection"]
         pos = GaugeMetricFamily(
             "hookledger_projection_position", "Last position applied.", labels=labels
@@ -123,3 +129,32 @@ class _StateCollector(Collector):
             if e["rebuild"] is not None:
                 progress.add_metric(name, e["rebuild"]["percent"] / 100)
         yield from (pos, lag, rows, state, errors, progress)
+
+
+def _rejection_metrics(counts: list, kept: rejections.Usage) -> Iterator[Any]:
+    labels = ["source", "reason"]
+    total = CounterMetricFamily(
+        "hookledger_rejections",
+        "Refused deliveries ever counted, by source and reason (kept across restarts).",
+        labels=labels,
+    )
+    unrecorded = CounterMetricFamily(
+        "hookledger_rejections_unrecorded",
+        "Refused deliveries counted but never stored: the rejection writer was saturated.",
+        labels=labels,
+    )
+    for row in counts:
+        total.add_metric([row.source, row.reason], row.refused)
+        unrecorded.add_metric([row.source, row.reason], row.unrecorded)
+    evicted = CounterMetricFamily(
+        "hookledger_rejections_evicted",
+        "Stored rejections removed, oldest first, to stay within rejections_max_bytes.",
+    )
+    evicted.add_metric([], kept.evicted)
+    stored = GaugeMetricFamily("hookledger_rejections_stored", "Rejections in the table now.")
+    stored.add_metric([], kept.rows)
+    size = GaugeMetricFamily(
+        "hookledger_rejections_stored_bytes", "Headers plus bodies of the stored rejections."
+    )
+    size.add_metric([], kept.bytes)
+    yield from (total, unrecorded, evicted, stored, size)

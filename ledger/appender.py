@@ -4,6 +4,11 @@ Request handlers `await append(event)`; one writer thread drains whatever
 has queued, appends it in a single transaction and resolves each waiter
 only after the commit returned, so nothing is acknowledged before it is
 durable. While one batch commits, the next one gathers.
+
+Refused deliveries take a lane of their own (`RejectionLane`): written only
+while no delivery waits, in batches of at most REJECTION_BATCH_BYTES, and at
+most REJECTION_DUTY of the time and REJECTION_BYTES_PER_S, so a flood of bad
+signatures cannot slow the log down; `rejections_max_bytes` bounds the table.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,9 +27,19 @@ from sqlalchemy import Connection, Engine
 
 from ledger.db import translated, writer
 from ledger.errors import HookledgerError, StorageUnavailable
-from ledger.store import Appended, NewEvent, Rejection, append_batch, insert_rejections
+from ledger.rejection_lane import RejectionLane
+from ledger.rejections import keep, stored_size
+from ledger.store import Appended, NewEvent, Rejection, append_batch
 
 log = logging.getLogger("hookledger.appender")
+
+REJECTION_BATCH_BYTES = 256 * 1024  # stored bytes per rejections transaction
+REJECTION_DUTY = 0.1  # at most this share of the writer's time goes to rejections
+REJECTION_BYTES_PER_S = 2 * 1024 * 1024  # and at most this many stored bytes a second
+REJECTION_RETRY_S = 1.0  # after a failed rejections write
+REJECTION_WAIT_S = 1.0  # a 401 waits at most this for its rejection to be written
+DEFAULT_REJECTIONS_MAX_BYTES = 64 * 1024 * 1024
+_WAKE = object()  # queued when the rejection lane stops being empty
 
 
 @dataclass(slots=True)
@@ -41,13 +57,17 @@ class Appender:
         engine: Engine,
         max_batch: int = 512,
         on_commit: Callable[[int, int], None] | None = None,
+        rejections_max_bytes: int = DEFAULT_REJECTIONS_MAX_BYTES,
     ) -> None:
         self.engine = engine
         self.max_batch = max_batch
         self.on_commit = on_commit
+        self.rejections_max_bytes = rejections_max_bytes
+        self.lane = RejectionLane()
+        self._rejections_after = 0.0  # monotonic time before which none are written
         self.batches = 0
         self.appended = 0
-        self._queue: queue.SimpleQueue[_Waiter | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # _Waiter, _WAKE, None
         self._stopping = False
         self._conn: Connection | None = None
         self._thread = threading.Thread(target=self._run, name="hookledger-appender", daemon=True)
@@ -72,11 +92,25 @@ class Appender:
         looking it up costs a getpid() system call, on every delivery."""
         return await self._submit(event, loop or asyncio.get_running_loop())
 
-    async def reject(self, rejection: Rejection) -> None:
-        """Record one refused delivery in `rejections`."""
-        await self._submit(rejection, asyncio.get_running_loop())
+    async def reject(self, rejection: Rejection) -> bool:
+        """Queue one refused delivery for `rejections`: True once it is written, False
+        when it was dropped (counted as unrecorded), failed, or is still queued after
+        REJECTION_WAIT_S (the answer to its sender does not wait longer)."""
+        if self._stopping:
+            raise StorageUnavailable("the server is shutting down")
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(rejection, loop, loop.create_future())
+        dropped, was_empty = self.lane.offer(waiter)
+        if dropped:
+            self._settle(dropped, [False] * len(dropped), None)
+        if was_empty:
+            self._queue.put(_WAKE)
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter.future), REJECTION_WAIT_S)
+        except TimeoutError:
+            return False
 
-    async def _submit(self, item: NewEvent | Rejection, loop: asyncio.AbstractEventLoop) -> Any:
+    async def _submit(self, item: NewEvent, loop: asyncio.AbstractEventLoop) -> Any:
         if self._stopping:
             raise StorageUnavailable("the server is shutting down")
         waiter = _Waiter(item, loop, loop.create_future())
@@ -86,9 +120,13 @@ class Appender:
     def _run(self) -> None:
         stop = False
         while not stop:
-            first = self._queue.get()  # blocks until there is work
-            batch = [] if first is None else [first]
+            try:  # blocks until there is work, or until rejections may be written
+                first = self._queue.get(timeout=self._rejections_wait())
+            except queue.Empty:  # no delivery waits: the rejections' turn
+                self._write_rejections(REJECTION_BATCH_BYTES)
+                continue
             stop = first is None
+            batch = [first] if isinstance(first, _Waiter) else []
             while len(batch) < self.max_batch:  # everything that queued meanwhile
                 try:
                     item = self._queue.get_nowait()
@@ -96,28 +134,59 @@ class Appender:
                     break
                 if item is None:
                     stop = True
-                else:
+                elif item is not _WAKE:
                     batch.append(item)
             if batch:
                 self._write(batch)
+        if self.lane:  # what is still waiting (at most the lane's bound), in one go
+            self._write_rejections(None)
         late = []  # submitted while stopping, after the last batch: refuse, never hang
         with contextlib.suppress(queue.Empty):
             while True:
                 item = self._queue.get_nowait()
-                if item is not None:
+                if isinstance(item, _Waiter):
                     late.append(item)
         if late:
             self._settle(late, [None] * len(late), StorageUnavailable("the server stopped"))
 
+    def _rejections_wait(self) -> float | None:
+        """Seconds until rejections may be written; None when there are none."""
+        if not self.lane:
+            return None
+        return max(0.0, self._rejections_after - time.monotonic())
+
+    def _write_rejections(self, max_bytes: int | None) -> None:
+        """One short transaction of rejections (and the counts), then a pause that keeps
+        them under REJECTION_DUTY of the time and REJECTION_BYTES_PER_S."""
+        waiters, tally = self.lane.take(max_bytes)
+        started = time.monotonic()
+        written = False
+        try:
+            with translated():
+                conn = self._connection()
+                with conn.begin():
+                    keep(conn, [w.item for w in waiters], tally, self.rejections_max_bytes)
+            written = True
+        except Exception as e:
+            self._drop_connection()
+            self.lane.restore(tally, waiters)
+            if isinstance(e, HookledgerError):
+                log.warning("could not record %d rejections: %s", len(waiters), e)
+            else:
+                log.exception("could not record %d rejections", len(waiters))
+        self._settle(waiters, [written] * len(waiters), None)
+        now = time.monotonic()
+        size = sum(stored_size(w.item) for w in waiters)
+        pause = max((now - started) * (1 / REJECTION_DUTY - 1), size / REJECTION_BYTES_PER_S)
+        self._rejections_after = now + (pause if written else max(pause, REJECTION_RETRY_S))
+
     def _write(self, batch: list[_Waiter]) -> None:
-        events = [w.item for w in batch if isinstance(w.item, NewEvent)]
-        refused = [w.item for w in batch if isinstance(w.item, Rejection)]
+        events = [w.item for w in batch]
         try:
             with translated():
                 conn = self._connection()
                 with conn.begin():
                     appended = append_batch(conn, events)
-                    insert_rejections(conn, refused)
         except Exception as e:
             self._drop_connection()
             if not isinstance(e, HookledgerError) and len(batch) > 1:
@@ -135,9 +204,7 @@ class Appender:
             return
         self.batches += 1
         self.appended += len(appended)
-        results = iter(appended)
-        outcomes = [next(results) if isinstance(w.item, NewEvent) else None for w in batch]
-        self._settle(batch, outcomes, None)
+        self._settle(batch, list(appended), None)
         if self.on_commit is not None and appended:
             self.on_commit(appended[-1].position, len(appended))
 

@@ -155,19 +155,24 @@ def cmd_rejections(args: argparse.Namespace, config: Config) -> int:
     import orjson
     from rich.table import Table
 
+    from ledger import rejections
     from ledger.db import translated, writer
-    from ledger.store import list_rejections, prune_rejections
     from ledger.timefmt import iso_from_us
 
     engine = open_engine(config)
     if args.rejections_cmd == "prune":
-        cutoff = time.time_ns() // 1000 - args.older_than * 1_000_000
+        cutoff = None
+        if not args.all:
+            cutoff = time.time_ns() // 1000 - args.older_than * 1_000_000
         with translated(), writer(engine.connect()) as conn, conn.begin():
-            removed = prune_rejections(conn, cutoff)
-        out.print(f"pruned {removed} rejections received before {iso_from_us(cutoff)}")
+            removed = rejections.prune(conn, cutoff)
+        when = "" if cutoff is None else f" received before {iso_from_us(cutoff)}"
+        out.print(f"pruned {removed} rejections{when}", markup=False)
         return 0
     with translated(), engine.connect() as conn:
-        rows = list_rejections(conn, source=args.source, limit=args.limit)
+        rows = rejections.list_rejections(
+            conn, source=args.source, reason=args.reason, limit=args.limit
+        )
     table = Table("id", "received at", "source", "reason", "remote", "size", "signature headers")
     for r in rows:
         names = [n for n, _ in orjson.loads(r.headers)]
@@ -210,9 +215,14 @@ def register(add: Callable[..., argparse.ArgumentParser], common: argparse.Argum
 
     p = add("rejections", cmd_rejections, "list refused deliveries, or prune old ones")
     p.add_argument("--source", help="only this source")
+    p.add_argument("--reason", help="only this reason, e.g. bad_signature")
     p.add_argument("--limit", type=positive_int, default=50, help="at most this many (default 50)")
     rej_sub = p.add_subparsers(dest="rejections_cmd", metavar="prune")
-    prune = rej_sub.add_parser("prune", parents=[common], help="delete old rejections")
-    prune.add_argument(
-        "--older-than", type=duration, required=True, metavar="AGE", help="e.g. 30d, 12h"
+    prune = rej_sub.add_parser(
+        "prune", parents=[common], help="delete old rejections (their counts stay in /metrics)"
     )
+    which = prune.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--older-than", type=duration, metavar="AGE", help="received longer ago, e.g. 30d, 12h"
+    )
+    which.add_argument("--all", action="store_true", help="every rejection")

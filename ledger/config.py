@@ -28,6 +28,8 @@ class ServerConfig:
     max_body_bytes: int = 1_048_576
     redact_headers: frozenset[str] = frozenset({"authorization", "cookie"})
     access_log: bool = True
+    body_timeout_seconds: float = 30.0
+    rejections_max_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -164,14 +166,35 @@ def _parse(data: Mapping[str, Any], file: str, env: Mapping[str, str], path: str
         file,
         "server.",
         top.get("server", dict, {}),
-        {"max_body_bytes", "redact_headers", "access_log"},
+        {
+            "max_body_bytes",
+            "redact_headers",
+            "access_log",
+            "body_timeout_seconds",
+            "rejections_max_bytes",
+        },
     )
     max_body = srv.get("max_body_bytes", int, ServerConfig.max_body_bytes)
     if max_body < 1:
         srv.fail("max_body_bytes", "must be at least 1")
     redact = srv.strings("redact_headers", sorted(ServerConfig.redact_headers))
     access_log = srv.get("access_log", bool, True)
-    server = ServerConfig(max_body, frozenset(h.lower() for h in redact), access_log)
+    body_timeout = srv.get("body_timeout_seconds", (int, float), ServerConfig.body_timeout_seconds)
+    if isinstance(body_timeout, bool) or not 0 < body_timeout <= 3600:
+        srv.fail(
+            "body_timeout_seconds",
+            f"must be a number of seconds in (0, 3600], got {body_timeout!r}",
+        )
+    rejections_max = srv.get("rejections_max_bytes", int, ServerConfig.rejections_max_bytes)
+    if rejections_max < 0:
+        srv.fail("rejections_max_bytes", "must be 0 (keep none, only count them) or more")
+    server = ServerConfig(
+        max_body,
+        frozenset(h.lower() for h in redact),
+        access_log,
+        body_timeout_seconds=float(body_timeout),
+        rejections_max_bytes=rejections_max,
+    )
 
     tokens = []
     for i, raw in enumerate(top.get("tokens", list, [])):

@@ -78,10 +78,35 @@ rejections = Table(
     Column("headers", Text, nullable=False),
     Column("body", LargeBinary, nullable=False),
     Column("body_size", BigInteger, nullable=False),
+    # Headers plus the body as stored: what `rejections_max_bytes` bounds.
+    Column("stored_bytes", BigInteger, nullable=False, server_default="0"),
     Index(None, "received_at_us"),
 )
 
 REJECTION_BODY_BYTES = 64 * 1024
+
+# One row (id = 1): the running total of `rejections.stored_bytes` and rows, so the
+# bound is kept without summing the table, and how many rows the bound removed.
+# Every writer of `rejections` locks it first.
+rejection_usage = Table(
+    "rejection_usage",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("rows", BigInteger, nullable=False),
+    Column("evicted", BigInteger, nullable=False),
+)
+
+# Refusals ever counted, per source and reason, whatever was later removed: `refused`
+# counts every one, `unrecorded` those never stored because the writer was saturated.
+rejection_counts = Table(
+    "rejection_counts",
+    metadata,
+    Column("source", Text, primary_key=True),
+    Column("reason", Text, primary_key=True),
+    Column("refused", BigInteger, nullable=False),
+    Column("unrecorded", BigInteger, nullable=False),
+)
 
 # Who erased which bodies, when and why (retention, a person's right to erasure).
 erasures = Table(

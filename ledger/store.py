@@ -16,7 +16,7 @@ import psycopg
 from sqlalchemy import Connection, Engine, Row, func, select
 
 from ledger import chain
-from ledger.schema import REJECTION_BODY_BYTES, events, rejections
+from ledger.schema import events
 
 META_COLUMNS = [c for c in events.c if c.name not in ("headers", "body")]
 NOTIFY_CHANNEL = "hookledger_events"  # PostgreSQL: every append batch notifies projectors
@@ -259,28 +259,6 @@ def _first_sql_sqlite(ids: int) -> str:
     return _FIRST_SQL.format(marker="?") + f"IN ({', '.join(['?'] * ids)}) GROUP BY event_id"
 
 
-def insert_rejections(conn: Connection, batch: Sequence[Rejection]) -> None:
-    """Keep refused deliveries (first 64 KiB of the body) outside the log."""
-    if batch:
-        conn.execute(
-            rejections.insert(),
-            [
-                {
-                    "source": r.source,
-                    "received_at_us": r.received_at_us,
-                    "reason": r.reason,
-                    "detail": r.detail,
-                    "remote_addr": r.remote_addr,
-                    "query": r.query,
-                    "headers": r.headers,
-                    "body": r.body[:REJECTION_BODY_BYTES],
-                    "body_size": len(r.body),
-                }
-                for r in batch
-            ],
-        )
-
-
 def event_meta_query():
     """SELECT of every column but headers and body, plus body_size."""
     return select(*META_COLUMNS, func.length(events.c.body).label("body_size"))
@@ -338,20 +316,3 @@ def source_counts(conn: Connection) -> dict[str, int]:
     """Number of events per source."""
     query = select(events.c.source, func.count()).group_by(events.c.source)
     return {source: count for source, count in conn.execute(query)}
-
-
-def list_rejections(
-    conn: Connection, *, source: str | None = None, before: int | None = None, limit: int = 100
-) -> list[Row]:
-    """Rejections, newest first, before the id `before`."""
-    query = select(rejections)
-    if source is not None:
-        query = query.where(rejections.c.source == source)
-    if before is not None:
-        query = query.where(rejections.c.id < before)
-    return list(conn.execute(query.order_by(rejections.c.id.desc()).limit(limit)))
-
-
-def prune_rejections(conn: Connection, before_us: int) -> int:
-    """Delete rejections received before `before_us`; returns how many."""
-    return conn.execute(rejections.delete().where(rejections.c.received_at_us < before_us)).rowcount

@@ -41,6 +41,8 @@ RESERVED_NAMES = {
     "events",
     "ledger_head",
     "rejections",
+    "rejection_usage",
+    "rejection_counts",
     "alembic_version",
     "projection_versions",
     "projection_leases",

@@ -151,6 +151,23 @@ BAD_CONFIGS = [
     ("bad-scope", '[[tokens]]\ntoken_env = "T"\nscopes = ["write"]\n', "tokens[0].scopes"),
     ("markup-in-value", 'database_url = "mysql://[/x]@[bold]h"\n', "database_url"),
     ("invalid-toml", "[server\nmax_body_bytes = 1\n", None),
+    ("zero-body-timeout", "[server]\nbody_timeout_seconds = 0\n", "server.body_timeout_seconds"),
+    (
+        "text-body-timeout",
+        '[server]\nbody_timeout_seconds = "30s"\n',
+        "server.body_timeout_seconds",
+    ),
+    ("bool-body-timeout", "[server]\nbody_timeout_seconds = true\n", "server.body_timeout_seconds"),
+    (
+        "negative-rejections-bound",
+        "[server]\nrejections_max_bytes = -1\n",
+        "server.rejections_max_bytes",
+    ),
+    (
+        "float-rejections-bound",
+        "[server]\nrejections_max_bytes = 1.5\n",
+        "server.rejections_max_bytes",
+    ),
 ]
 
 

@@ -326,12 +326,14 @@ database_url = "sqlite:///{db}"
 
 [server]
 max_body_bytes = 65536
+body_timeout_seconds = {timeout}
 
 [sources.app]
 verifier = "none"
 event_id = "header:X-Event-Id"
 """
-READ_TIMEOUT_S = 2.0  # BODY_READ_TIMEOUT_S in the server under test (default 30 s)
+READ_TIMEOUT_S = 1.0  # body_timeout_seconds of the server under test (default 30 s)
+SWEEP_S = 0.25  # the deadline is enforced within this of its time (api.deadlines)
 
 
 class Server:
@@ -342,17 +344,11 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.db = directory / "ledger.db"
         config = directory / "hookledger.toml"
-        config.write_text(SERVER_CONFIG.format(db=self.db))
+        config.write_text(SERVER_CONFIG.format(db=self.db, timeout=READ_TIMEOUT_S))
         self.log = directory / "serve.log"
-        code = (
-            "import sys, api.ingest\n"
-            f"api.ingest.BODY_READ_TIMEOUT_S = {READ_TIMEOUT_S!r}\n"
-            "from api.cli import main\n"
-            "sys.exit(main(sys.argv[1:]))\n"
-        )
         env = {k: v for k, v in os.environ.items() if not k.startswith("HOOKLEDGER_")}
         env["PYTHONPATH"] = str(ROOT)
-        cmd = [sys.executable, "-c", code, "serve", "--config", str(config)]
+        cmd = [sys.executable, "-m", "api.cli", "serve", "--config", str(config)]
         cmd += ["--port", str(self.port), "--no-projector"]
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
@@ -551,8 +547,8 @@ def test_slow_bodies_are_cut_off_and_do_not_block_others(server):
                 outcomes.append((status, headers, body, elapsed, closed))
 
     def header_loris(sock: socket.socket) -> None:
-        # Trickles its header block; uvicorn has no header timeout, so this one is
-        # only required not to block anybody (we hang up on it ourselves).
+        # Trickles its header block: it must not block anybody (the server cuts it
+        # at the head deadline, see test_a_request_head_that_never_completes_is_cut).
         for byte in b"X-Slow: " + b"s" * 100:
             if stop.is_set():
                 return
@@ -590,6 +586,114 @@ def test_slow_bodies_are_cut_off_and_do_not_block_others(server):
         assert READ_TIMEOUT_S - 0.5 <= elapsed <= READ_TIMEOUT_S + 5, elapsed
         assert closed, "the server kept a timed-out connection open"
     assert_still_serving(server, before + 10)
+
+
+def await_answer(sock: socket.socket, limit: float) -> tuple[int, dict, bytes, float]:
+    """The answer to a request already sent, and the seconds it took to come."""
+    started = time.monotonic()
+    sock.settimeout(limit)
+    status, headers, body = read_response(sock)
+    return status, headers, body, time.monotonic() - started
+
+
+def test_a_body_that_never_starts_is_408_after_the_timeout(server):
+    """Headers, then nothing: the deadline counts from the end of the headers."""
+    before = ledger_count(server)
+    with connect(server) as sock:
+        send_all(sock, REQUEST_HEAD + b"Content-Length: 100\r\n\r\n")
+        status, headers, body, elapsed = await_answer(sock, READ_TIMEOUT_S + 10)
+        assert status == 408
+        assert json_error(status, headers, body)["error"] == "body_timeout"
+        assert READ_TIMEOUT_S - 0.05 <= elapsed <= READ_TIMEOUT_S + SWEEP_S + 1.0, elapsed
+        assert closed_by_server(sock)
+    with connect(server) as sock:  # chunked, not one chunk sent
+        send_all(sock, REQUEST_HEAD + b"Transfer-Encoding: chunked\r\n\r\n")
+        status, headers, body, elapsed = await_answer(sock, READ_TIMEOUT_S + 10)
+        assert (status, json_error(status, headers, body)["error"]) == (408, "body_timeout")
+        assert elapsed <= READ_TIMEOUT_S + SWEEP_S + 1.0, elapsed
+    assert_still_serving(server, before)
+
+
+def test_a_body_trickling_a_byte_a_second_is_cut_at_the_deadline(server):
+    """Each byte arriving does not extend the deadline: the whole body is due in time."""
+    before = ledger_count(server)
+    with connect(server) as sock:
+        started = time.monotonic()
+        send_all(sock, REQUEST_HEAD + b"Content-Length: 20\r\n\r\n")
+        sock.settimeout(0.01)
+        answer = b""
+        while b"\r\n\r\n" not in answer and time.monotonic() - started < READ_TIMEOUT_S + 10:
+            send_all(sock, b"x")
+            with contextlib.suppress(TimeoutError):
+                while (chunk := sock.recv(65536)) and b"\r\n\r\n" not in answer:
+                    answer += chunk
+            time.sleep(min(0.3, READ_TIMEOUT_S / 4))  # four bytes per timeout: it never ends
+        elapsed = time.monotonic() - started
+        sock.settimeout(5)
+        status, headers, body = read_response(sock, answer)
+        assert (status, json_error(status, headers, body)["error"]) == (408, "body_timeout")
+        assert elapsed <= READ_TIMEOUT_S + SWEEP_S + 1.0, elapsed
+    assert_still_serving(server, before)
+
+
+def test_many_stalled_bodies_do_not_stop_a_normal_delivery(server):
+    """300 connections that send headers and no body: a normal delivery meanwhile is
+    accepted at once, each stalled one is answered 408 and closed, nothing is stored."""
+    before = ledger_count(server)
+    stalled = []
+    try:
+        for _ in range(300):
+            sock = connect(server)
+            send_all(sock, REQUEST_HEAD + b"Content-Length: 10\r\n\r\n")
+            stalled.append(sock)
+        started = time.monotonic()
+        r = httpx.post(server.url + "/hooks/app", content=b'{"amid":"stalled"}', timeout=10)
+        assert r.status_code == 202, r.text
+        assert time.monotonic() - started < READ_TIMEOUT_S, "the delivery waited for the stalled"
+        answers = [await_answer(sock, READ_TIMEOUT_S + 15) for sock in stalled]
+        assert {(a[0], json_error(*a[:3])["error"]) for a in answers} == {(408, "body_timeout")}
+        assert all(closed_by_server(sock) for sock in stalled)
+    finally:
+        for sock in stalled:
+            sock.close()
+    assert_still_serving(server, before + 1)
+
+
+def test_a_request_head_that_never_completes_is_cut(server):
+    """uvicorn alone keeps these forever: a connection that sends nothing, and a head
+    that trickles in. Both get 408 and are closed at the deadline (the same timeout)."""
+    before = ledger_count(server)
+    idle = connect(server)
+    partial = connect(server)
+    send_all(partial, REQUEST_HEAD)  # the request line and one header, never the blank line
+    trickle = connect(server)
+    try:
+        started = time.monotonic()
+        send_all(trickle, REQUEST_HEAD)
+        trickle.settimeout(0.01)
+        answer = b""
+        for byte in b"X-Slow: " + b"s" * 100:  # a byte every 50 ms: 5 s of header
+            with contextlib.suppress(OSError):
+                trickle.send(bytes([byte]))
+            with contextlib.suppress(TimeoutError, ConnectionResetError):
+                answer += trickle.recv(65536)
+            if b"\r\n\r\n" in answer:
+                break
+            time.sleep(0.05)
+        trickled = time.monotonic() - started
+        assert trickled <= READ_TIMEOUT_S + SWEEP_S + 1.0, trickled
+        trickle.settimeout(5)
+        status, headers, body = read_response(trickle, answer)
+        assert (status, json_error(status, headers, body)["error"]) == (408, "header_timeout")
+        for sock in (idle, partial):
+            status, headers, body, _ = await_answer(sock, 5)
+            assert (status, json_error(status, headers, body)["error"]) == (408, "header_timeout")
+            assert closed_by_server(sock)
+        assert time.monotonic() - started <= READ_TIMEOUT_S + SWEEP_S + 1.5
+    finally:
+        for sock in (idle, partial, trickle):
+            sock.close()
+    assert_still_serving(server, before)
 
 
 def incomplete_bodies(server: Server) -> float:
@@ -695,3 +799,27 @@ def test_garbage_on_the_wire_does_not_take_the_server_down(server):
                     status = int(answer.split(b" ", 2)[1])
                     assert 400 <= status < 500 and status != 500, answer[:300]
     assert_still_serving(server, before)
+
+
+def test_serve_raises_a_low_soft_file_limit():
+    """Each connection takes a descriptor: `serve` lifts a soft limit of 256 towards the
+    hard one (at most 65,536) before it starts uvicorn."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    expected = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
+    code = (
+        "import resource\n"
+        "from api.cli import raise_file_limit\n"
+        "raise_file_limit()\n"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)),
+    )
+    assert int(result.stdout) == max(256, expected)

@@ -1,0 +1,90 @@
+"""uvicorn's httptools protocol with a deadline on the request head.
+
+uvicorn times out neither a connection that never sends a byte nor a request
+line and headers that trickle in, so each such connection holds a file
+descriptor for as long as its client likes (a few hundred exhaust a low file
+limit). Here the head must be complete within `HEAD_TIMEOUT_ENV` seconds
+(`serve` sets it to `body_timeout_seconds`) of the connection, or of the first
+byte of a keep-alive request; otherwise the connection gets 408 and is closed.
+The body's own deadline is kept by `api.deadlines`. One sweep a process checks
+every connection, so a request costs a clock read rather than a timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any, ClassVar
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+HEAD_TIMEOUT_ENV = "HOOKLEDGER_HEAD_TIMEOUT"
+DEFAULT_HEAD_TIMEOUT_S = 30.0
+MAX_TICK_S = 0.25
+
+
+def _answer_408(seconds: float) -> bytes:
+    body = orjson.dumps(
+        {
+            "error": "header_timeout",
+            "detail": f"the request line and headers did not arrive within {seconds:g} seconds",
+        }
+    )
+    head = (
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
+
+
+class HeadDeadlineProtocol(HttpToolsProtocol):
+    """Pass as uvicorn's `http`: closes connections whose request head is overdue."""
+
+    head_started: float | None = None  # loop time the awaited head started, else None
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.head_started = self.loop.time()  # the first request's head is awaited now
+        _Sweep.ensure(self.loop, self.connections)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self.head_started is None:  # a keep-alive request: its first byte came now
+            self.head_started = self.loop.time()
+
+    def on_headers_complete(self) -> None:
+        self.head_started = None
+        super().on_headers_complete()
+
+
+class _Sweep:
+    """The one periodic check of a process's connections."""
+
+    running: ClassVar[dict[asyncio.AbstractEventLoop, _Sweep]] = {}
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, connections: set) -> None:
+        self.loop = loop
+        self.connections = connections
+        self.seconds = float(os.environ.get(HEAD_TIMEOUT_ENV) or DEFAULT_HEAD_TIMEOUT_S)
+        self.tick = min(MAX_TICK_S, self.seconds / 4)
+        self.answer = _answer_408(self.seconds)
+        loop.call_later(self.tick, self._run)
+
+    @classmethod
+    def ensure(cls, loop: asyncio.AbstractEventLoop, connections: set) -> None:
+        if loop not in cls.running:
+            cls.running[loop] = cls(loop, connections)
+
+    def _run(self) -> None:
+        if self.loop.is_closed():
+            return
+        overdue = self.loop.time() - self.seconds
+        for conn in list(self.connections):
+            started = getattr(conn, "head_started", None)
+            if started is not None and started <= overdue:
+                conn.head_started = None
+                if not conn.transport.is_closing():
+                    conn.transport.write(self.answer)
+                    conn.transport.close()
+        self.loop.call_later(self.tick, self._run)
