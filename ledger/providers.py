@@ -164,6 +164,7 @@ class GitHubScheme(Scheme):
     """GitHub: `X-Hub-Signature-256: sha256=<hex>` of the body; the event name is a header."""
 
     name = "github"
+    signs_only_body = True
     id_specs = ("header:x-github-delivery",)
     type_specs = ("header:x-github-event",)
 
@@ -201,6 +202,7 @@ class ShopifyScheme(Scheme):
     """Shopify: `X-Shopify-Hmac-Sha256`, base64 HMAC-SHA256 of the body; id and topic in headers."""
 
     name = "shopify"
+    signs_only_body = True
     id_specs = ("header:x-shopify-webhook-id",)
     type_specs = ("header:x-shopify-topic",)
 
