@@ -3,7 +3,8 @@
 - ingest: durable signed deliveries per second against the ceiling and the tutorial
   receivers (writes docs/performance.md with `--output`);
 - rebuild: `hookledger rebuild` against a hand-written upsert loop (`bench.rebuild`);
-- latency: catch-up and point-read latencies (`bench.latency`).
+- latency: catch-up and point-read latencies (`bench.latency`);
+- appender: `append_batch` and its commit on their own, CPU per delivery (`bench.appender`).
 
 Each command's own options: `python -m bench COMMAND --help`.
 """
@@ -18,7 +19,11 @@ from collections.abc import Sequence
 from bench import ingest
 
 # Commands that parse their own options: the module's main(argv) runs them.
-DELEGATED = {"rebuild": "bench.rebuild", "latency": "bench.latency"}
+DELEGATED = {
+    "rebuild": "bench.rebuild",
+    "latency": "bench.latency",
+    "appender": "bench.appender",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
