@@ -101,7 +101,7 @@ def _ledger_summary(conn) -> dict[str, Any]:
         "head": head,
         "head_hash": head_hash,
         "count": head,
-        "sources": store.source_counts(conn),
+        "sources": store.read_source_counts(conn),
     }
 
 

@@ -5,6 +5,7 @@
 - rebuild: `hookledger rebuild` against a hand-written upsert loop (`bench.rebuild`);
 - latency: catch-up and point-read latencies (`bench.latency`);
 - flood: real ingest latency beside a flood of bad signatures (`bench.flood`).
+- appender: `append_batch` and its commit on their own, CPU per delivery (`bench.appender`).
 
 Each command's own options: `python -m bench COMMAND --help`.
 """
@@ -19,7 +20,12 @@ from collections.abc import Sequence
 from bench import ingest
 
 # Commands that parse their own options: the module's main(argv) runs them.
-DELEGATED = {"rebuild": "bench.rebuild", "latency": "bench.latency", "flood": "bench.flood"}
+DELEGATED = {
+    "rebuild": "bench.rebuild",
+    "latency": "bench.latency",
+    "flood": "bench.flood",
+    "appender": "bench.appender",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

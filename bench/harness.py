@@ -65,6 +65,24 @@ def sign(body: bytes, secret: str = SECRET) -> str:
     return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+POOL_RATE = 15_000  # requests/s no target reaches here: the pool outlasts every run
+
+
+def write_pool(path: Path, body: bytes, run: str, count: int) -> None:
+    """`count` distinct signed variants of `body` for post.lua, one "signature body" a line.
+
+    Each variant ends its padding with the run and a counter (same length as `body`):
+    a real sender's bodies differ, and the `hmac-sha256` verifier deduplicates identical
+    ones (SPEC 3), so one repeated body would measure duplicates, not fresh appends."""
+    head, tail = body.rsplit(b'"}', 1)
+    lines = []
+    for n in range(count):
+        tag = f"{run}-{n}".encode()
+        variant = head[: len(head) - len(tag)] + tag + b'"}' + tail
+        lines.append(sign(variant).encode() + b" " + variant + b"\n")
+    path.write_bytes(b"".join(lines))
+
+
 # --- wrk --------------------------------------------------------------------
 
 
@@ -129,6 +147,12 @@ class Load:
     body_file: Path
     signature: str
 
+    def pool_file(self, seconds: int) -> Path:
+        """A fresh pool of distinct signed bodies for one wrk run of `seconds`."""
+        path = self.body_file.with_name("pool.txt")
+        write_pool(path, self.body_file.read_bytes(), f"{time.time_ns():x}", POOL_RATE * seconds)
+        return path
+
     def command(self, url: str, seconds: int) -> list[str]:
         return [
             "taskset",
@@ -146,10 +170,11 @@ class Load:
             url,
         ]
 
-    def env(self) -> dict[str, str]:
+    def env(self, seconds: int) -> dict[str, str]:
         return {
             **os.environ,
             "BENCH_BODY_FILE": str(self.body_file),
+            "BENCH_POOL_FILE": str(self.pool_file(seconds)),
             "BENCH_SIGNATURE_HEADER": SIGNATURE_HEADER,
             "BENCH_SIGNATURE": self.signature,
             "BENCH_RUN": f"{time.time_ns():x}",  # event ids unique per run
@@ -159,7 +184,7 @@ class Load:
         """Start wrk in the background (for profiling)."""
         return subprocess.Popen(
             self.command(url, seconds),
-            env=self.env(),
+            env=self.env(seconds),
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -24,6 +24,7 @@ access_log = false
 verifier = "hmac-sha256"
 secret_env = "{secret_env}"
 signature_header = "{header}"
+body_dedup = false  # the background load repeats one body as distinct deliveries
 """
 WARMUP = 20  # deliveries sent before a catch-up measurement (first build, connections)
 

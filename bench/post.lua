@@ -5,6 +5,9 @@
 -- carries its own delivery id in X-Event-Id, as every real provider sends one
 -- (Stripe's evt_..., GitHub's X-GitHub-Delivery): BENCH_RUN, unique per wrk run,
 -- then the thread and a counter, so no two requests of any run share an id.
+-- With BENCH_POOL_FILE (lines "signature body", bench/harness.py's write_pool) each
+-- request takes the next body of the pool with its own signature instead: hmac-sha256
+-- sources deduplicate identical bodies, so repeating one would measure duplicates.
 -- `response` only counts status codes, and `done` prints one line
 -- "BENCH_JSON {...}" that the driver parses (latencies in microseconds).
 
@@ -14,6 +17,16 @@ wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers[os.getenv("BENCH_SIGNATURE_HEADER")] = os.getenv("BENCH_SIGNATURE")
+
+local pool = {}
+local pool_file = os.getenv("BENCH_POOL_FILE")
+if pool_file then
+  for line in io.lines(pool_file) do
+    local space = line:find(" ", 1, true)
+    table.insert(pool, {line:sub(1, space - 1), line:sub(space + 1)})
+  end
+end
+local signature_header = os.getenv("BENCH_SIGNATURE_HEADER")
 
 local threads = {}
 local run = os.getenv("BENCH_RUN")
@@ -32,6 +45,11 @@ end
 function request()
   sent = sent + 1
   wrk.headers["X-Event-Id"] = prefix .. sent
+  if #pool > 0 then
+    local entry = pool[(sent - 1) % #pool + 1]
+    wrk.headers[signature_header] = entry[1]
+    return wrk.format(nil, nil, nil, entry[2])
+  end
   return wrk.format()
 end
 

@@ -55,6 +55,13 @@ class SourceConfig:
     event_id: str | None = None
     event_type: str | None = None
     send_options: Mapping[str, str] = field(default_factory=dict)  # e.g. shop_domain
+    body_dedup: bool = True
+
+    @property
+    def dedup_body(self) -> bool:
+        """Whether a repeat of a body already in this source's log is a duplicate (SPEC 3):
+        for verifiers that sign only the body, unless `body_dedup = false`."""
+        return self.body_dedup and SCHEMES[self.verifier].signs_only_body
 
     @property
     def needs_secret(self) -> bool:
@@ -150,7 +157,13 @@ class _Reader:
 
 
 def _type_word(names: str) -> str:
-    words = {"str": "a string", "int": "an integer", "list": "a list", "dict": "a table"}
+    words = {
+        "str": "a string",
+        "int": "an integer",
+        "list": "a list",
+        "dict": "a table",
+        "bool": "true or false",
+    }
     return " or ".join(words.get(name, name) for name in names.split(" or "))
 
 
@@ -231,6 +244,7 @@ def _source(file: str, name: str, raw: Mapping[str, Any], env: Mapping[str, str]
         "event_id",
         "event_type",
         "shop_domain",
+        "body_dedup",
     }
     r = _Reader(file, f"sources.{name}.", raw, allowed)
     if not name or not all(c.isalnum() or c in "-_." for c in name):
@@ -248,6 +262,14 @@ def _source(file: str, name: str, raw: Mapping[str, Any], env: Mapping[str, str]
     header = r.get("signature_header", str)
     if scheme.needs_header and not header:
         r.fail("signature_header", f"is required by verifier {verifier!r}")
+    body_dedup = r.get("body_dedup", bool, True)
+    if "body_dedup" in raw and not scheme.signs_only_body:
+        signers = ", ".join(n for n, s in SCHEMES.items() if s.signs_only_body)
+        r.fail(
+            "body_dedup",
+            f"applies only to verifiers whose signature covers only the body ({signers}); "
+            f"{verifier!r} signs the delivery's id or timestamp too",
+        )
     for key in ("event_id", "event_type"):
         spec = r.get(key, str)
         if spec is not None and not (spec.startswith("header:") or spec.startswith("/")):
@@ -271,6 +293,7 @@ def _source(file: str, name: str, raw: Mapping[str, Any], env: Mapping[str, str]
         event_id=r.get("event_id", str),
         event_type=r.get("event_type", str),
         send_options=options,
+        body_dedup=body_dedup,
     )
 
 

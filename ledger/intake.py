@@ -103,6 +103,7 @@ def decide(
         remote_addr=req.remote_addr,
         verification="unverified" if source.verifier == "none" else "verified",
         secret_index=verdict.secret_index,
+        dedup_body=source.dedup_body,
     )
 
 

@@ -165,6 +165,7 @@ class GitHubScheme(Scheme):
     """GitHub: `X-Hub-Signature-256: sha256=<hex>` of the body; the event name is a header."""
 
     name = "github"
+    signs_only_body = True
     id_specs = ("header:x-github-delivery",)
     type_specs = ("header:x-github-event",)
 
@@ -209,6 +210,7 @@ class ShopifyScheme(Scheme):
     `X-`: both spellings are read, the prefixed one first."""
 
     name = "shopify"
+    signs_only_body = True
     id_specs = ("header:x-shopify-webhook-id", "header:shopify-webhook-id")
     type_specs = ("header:x-shopify-topic", "header:shopify-topic")
 

@@ -50,6 +50,8 @@ events = Table(
     # Outside the chain: which of the source's secrets matched (rotation).
     Column("secret_index", Integer),
     Index(None, "source", "event_id"),
+    # The duplicate lookup by body (SPEC 3): a replay of a body-only-signed delivery.
+    Index(None, "source", "body_sha256"),
     Index(None, "source", "position"),
     Index(None, "event_type", "position"),
     Index(None, "received_at_us"),
@@ -63,6 +65,15 @@ ledger_head = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("position", BigInteger, nullable=False),
     Column("hash", String(64), nullable=False),
+)
+
+# Events per source, kept by every writer in its transaction (one UPSERT a batch), so
+# `GET /v1/ledger` never counts the log. Erasing bodies deletes no event: no change.
+source_counts = Table(
+    "source_counts",
+    metadata,
+    Column("source", Text, primary_key=True),
+    Column("events", BigInteger, nullable=False),
 )
 
 rejections = Table(

@@ -3,6 +3,14 @@
 Writers call `append_batch` inside a transaction they own (the group-commit
 appender, `import`, the tests); it locks the head row, so positions are
 gap-free and in commit order whatever the number of writers or processes.
+
+Duplicates (SPEC 3, 4.1): a delivery at position N is a duplicate of M, the
+earliest position below N of the same source that has N's event id (when N has
+one) or, when N's verifier signs only the body (`NewEvent.dedup_body`), N's body
+digest; that is the smaller of the two first positions. Both lookups run in the
+append transaction, after the head lock, so concurrent writers agree on M.
+`source_counts` is kept here too, one UPSERT per batch: `GET /v1/ledger` reads
+it instead of counting the log.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import psycopg
 from sqlalchemy import Connection, Engine, Row, func, select
 
 from ledger import chain
-from ledger.schema import events
+from ledger.schema import events, source_counts
 
 META_COLUMNS = [c for c in events.c if c.name not in ("headers", "body")]
 NOTIFY_CHANNEL = "hookledger_events"  # PostgreSQL: every append batch notifies projectors
@@ -38,6 +46,7 @@ class NewEvent:
     remote_addr: str | None
     verification: str
     secret_index: int | None = None
+    dedup_body: bool = False  # a repeat of the source's body is a duplicate (SPEC 3)
 
 
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs ~1 µs a delivery
@@ -77,18 +86,25 @@ def append_batch(conn: Connection, batch: Sequence[NewEvent]) -> list[Appended]:
     """Append `batch` in order, chaining each row; the caller commits."""
     if not batch:
         return []
-    position, head_hash, first_seen = _locked_head(conn, batch)
+    wanted = _wanted(batch)
+    position, head_hash, first_id, first_body = _locked_head(conn, wanted)
+    body_sources = wanted.bodies.keys()
     previous = bytes.fromhex(head_hash)
     rows: list[tuple] = []
     out: list[Appended] = []
+    counts: dict[str, int] = {}
     for ev in batch:
         position += 1
+        counts[ev.source] = counts.get(ev.source, 0) + 1
         duplicate_of = None
         if ev.event_id is not None:
-            key = (ev.source, ev.event_id)
-            duplicate_of = first_seen.setdefault(key, position)
+            duplicate_of = first_id.setdefault((ev.source, ev.event_id), position)
             if duplicate_of == position:
                 duplicate_of = None
+        if ev.source in body_sources:  # every body of the source counts as a first
+            first = first_body.setdefault((ev.source, ev.body_sha256), position)
+            if ev.dedup_body and first != position:
+                duplicate_of = first if duplicate_of is None else min(duplicate_of, first)
         previous = chain.link(
             previous,
             chain.record(
@@ -133,12 +149,25 @@ def append_batch(conn: Connection, batch: Sequence[NewEvent]) -> list[Appended]:
     for chunk in chunks[:-1]:
         conn.exec_driver_sql(_insert_sql(marker, len(chunk)), _flat(chunk))
     last = chunks[-1]
-    if postgres:  # the last rows, the head and the wake-up in one round trip
-        conn.exec_driver_sql(_pg_tail_sql(len(last)), (*_flat(last), position, digest))
+    tally = tuple(value for pair in counts.items() for value in pair)
+    if postgres:  # the last rows, the head, the counts and the wake-up in one round trip
+        conn.exec_driver_sql(
+            _pg_tail_sql(len(last), len(counts)), (*_flat(last), position, digest, *tally)
+        )
     else:
         conn.exec_driver_sql(_insert_sql(marker, len(last)), _flat(last))
         conn.exec_driver_sql(_HEAD_UPDATE_SQL, (position, digest))
+        conn.exec_driver_sql(_counts_sql(marker, len(counts)), tally)
     return out
+
+
+def add_source_counts(conn: Connection, counts: dict[str, int]) -> None:
+    """Add `counts` (events per source) to `source_counts`: for writers other than
+    `append_batch` (which adds its own in its last statement), such as `import`."""
+    if counts:
+        marker = "%s" if conn.dialect.name == "postgresql" else "?"
+        tally = tuple(value for pair in counts.items() for value in pair)
+        conn.exec_driver_sql(_counts_sql(marker, len(counts)), tally)
 
 
 def _chunks(rows: list[tuple], size: int) -> list[list[tuple]]:
@@ -181,82 +210,121 @@ def _insert_sql(marker: str, rows: int) -> str:
 
 
 @functools.cache
-def _pg_tail_sql(rows: int) -> str:
-    """INSERT the rows, move the head and notify projectors (at commit), as one statement."""
+def _counts_sql(marker: str, sources: int) -> str:
+    """One UPSERT adding each of `sources` (source, events) pairs to `source_counts`."""
+    values = ", ".join([f"({marker}, {marker})"] * sources)
+    return (
+        f"INSERT INTO source_counts (source, events) VALUES {values} ON CONFLICT (source) "
+        "DO UPDATE SET events = source_counts.events + excluded.events"
+    )
+
+
+@functools.cache
+def _pg_tail_sql(rows: int, sources: int) -> str:
+    """INSERT the rows, move the head, add to the source counts and notify projectors
+    (at commit), as one statement."""
     return (
         f"WITH appended AS ({_insert_sql('%s', rows)}), "
-        "head AS (UPDATE ledger_head SET position = %s, hash = %s WHERE id = 1) "
+        "head AS (UPDATE ledger_head SET position = %s, hash = %s WHERE id = 1), "
+        f"counted AS ({_counts_sql('%s', sources)}) "
         f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"
     )
 
 
-def _locked_head(
-    conn: Connection, batch: Sequence[NewEvent]
-) -> tuple[int, str, dict[tuple[str, str], int]]:
+@dataclass(slots=True)
+class _Wanted:
+    """What a batch looks up before it is numbered: event ids and body digests, by source."""
+
+    ids: dict[str, set[str]]
+    bodies: dict[str, set[str]]  # only sources with a body-deduplicated delivery
+
+
+def _wanted(batch: Sequence[NewEvent]) -> _Wanted:
+    """The batch's event ids, and the digests of every body of the sources where one of
+    the batch's deliveries is deduplicated by body (so the earliest of them is found)."""
+    ids: dict[str, set[str]] = {}
+    body_sources = set()
+    for ev in batch:
+        if ev.event_id is not None:
+            ids.setdefault(ev.source, set()).add(ev.event_id)
+        if ev.dedup_body:
+            body_sources.add(ev.source)
+    bodies: dict[str, set[str]] = {}
+    if body_sources:
+        for ev in batch:
+            if ev.source in body_sources:
+                bodies.setdefault(ev.source, set()).add(ev.body_sha256)
+    return _Wanted(ids, bodies)
+
+
+Firsts = dict[tuple[str, str], int]
+
+
+def _locked_head(conn: Connection, wanted: _Wanted) -> tuple[int, str, Firsts, Firsts]:
     """The head, locked for this transaction, and the first positions already in the log
-    of the batch's (source, event id) pairs.
+    of the batch's (source, event id) and (source, body digest) pairs.
 
     On PostgreSQL the lock and the lookups go in one round trip (a pipeline): the head
     lock serialises every writer, and on a shared core each extra round trip while it
     is held cost a batch milliseconds. Each statement still takes its snapshot when it
     starts, after the lock was granted, so the lookups see every batch committed before."""
-    wanted = _wanted_ids(batch)
     if conn.dialect.name != "postgresql":
         position, head_hash = read_head(conn, lock=True)
-        return position, head_hash, _first_positions(conn, wanted)
+        first_id = _first_positions(conn, "event_id", wanted.ids)
+        return position, head_hash, first_id, _first_positions(conn, "body_sha256", wanted.bodies)
     raw = conn.connection.dbapi_connection
     with contextlib.ExitStack() as cursors:
         head = cursors.enter_context(raw.cursor())
         lookups = []
         with raw.pipeline() if PIPELINE else contextlib.nullcontext():
             head.execute(_HEAD_LOCK_SQL)
-            for source, ids in wanted.items():
-                cursor = cursors.enter_context(raw.cursor())
-                # Planned for its ids each time: a plan psycopg prepared while the log
-                # was young scans the whole table (7 ms a batch at 14k events, measured).
-                cursor.execute(_FIRST_SQL_PG, (source, sorted(ids)), prepare=False)
-                lookups.append((source, cursor))
+            for column, by_source in (("event_id", wanted.ids), ("body_sha256", wanted.bodies)):
+                for source, values in by_source.items():
+                    cursor = cursors.enter_context(raw.cursor())
+                    # Planned for its values each time: a plan psycopg prepared while the
+                    # log was young scans the whole table (7 ms a batch at 14k events).
+                    cursor.execute(_FIRST_SQL_PG[column], (source, sorted(values)), prepare=False)
+                    lookups.append((column, source, cursor))
         position, head_hash = head.fetchone()
-        found = {(s, event_id): first for s, c in lookups for event_id, first in c.fetchall()}
-    return position, head_hash, found
+        found: dict[str, Firsts] = {"event_id": {}, "body_sha256": {}}
+        for column, source, cursor in lookups:
+            for value, first in cursor.fetchall():
+                found[column][(source, value)] = first
+    return position, head_hash, found["event_id"], found["body_sha256"]
 
 
-def _wanted_ids(batch: Sequence[NewEvent]) -> dict[str, set[str]]:
-    """The batch's event ids, by source."""
-    wanted: dict[str, set[str]] = {}
-    for ev in batch:
-        if ev.event_id is not None:
-            wanted.setdefault(ev.source, set()).add(ev.event_id)
-    return wanted
-
-
-def _first_positions(conn: Connection, wanted: dict[str, set[str]]) -> dict[tuple[str, str], int]:
-    """SQLite: first positions already in the log of these event ids, by source.
+def _first_positions(conn: Connection, column: str, wanted: dict[str, set[str]]) -> Firsts:
+    """SQLite: first positions already in the log of these values of `column` (event_id
+    or body_sha256), by source.
 
     Plain SQL, as the INSERT: every batch of a source with event ids runs it, and a
     SQLAlchemy expression compiled per batch cost about 15 µs per delivery."""
-    found: dict[tuple[str, str], int] = {}
-    for source, id_set in wanted.items():
-        ids = sorted(id_set)
-        for i in range(0, len(ids), ID_CHUNK):
-            chunk = ids[i : i + ID_CHUNK]
-            rows = conn.exec_driver_sql(_first_sql_sqlite(len(chunk)), (source, *chunk))
-            for event_id, first in rows:
-                found[(source, event_id)] = first
+    found: Firsts = {}
+    for source, value_set in wanted.items():
+        values = sorted(value_set)
+        for i in range(0, len(values), ID_CHUNK):
+            chunk = values[i : i + ID_CHUNK]
+            rows = conn.exec_driver_sql(_first_sql_sqlite(column, len(chunk)), (source, *chunk))
+            for value, first in rows:
+                found[(source, value)] = first
     return found
 
 
 # One round trip for the head lock and the lookups needs libpq 14 or newer (psycopg's
 # binary package bundles one); without it the same statements go one after another.
 PIPELINE = psycopg.Pipeline.is_supported()
-_FIRST_SQL = "SELECT event_id, min(position) FROM events WHERE source = {marker} AND event_id "
-_FIRST_SQL_PG = _FIRST_SQL.format(marker="%s") + "= ANY(%s) GROUP BY event_id"
-ID_CHUNK = 500  # SQLite: ids per lookup, under the 999 bound parameters of old builds
+_FIRST_SQL = "SELECT {column}, min(position) FROM events WHERE source = {marker} AND {column} "
+_FIRST_SQL_PG = {
+    column: _FIRST_SQL.format(column=column, marker="%s") + f"= ANY(%s) GROUP BY {column}"
+    for column in ("event_id", "body_sha256")
+}
+ID_CHUNK = 500  # SQLite: values per lookup, under the 999 bound parameters of old builds
 
 
 @functools.cache
-def _first_sql_sqlite(ids: int) -> str:
-    return _FIRST_SQL.format(marker="?") + f"IN ({', '.join(['?'] * ids)}) GROUP BY event_id"
+def _first_sql_sqlite(column: str, values: int) -> str:
+    marks = ", ".join(["?"] * values)
+    return _FIRST_SQL.format(column=column, marker="?") + f"IN ({marks}) GROUP BY {column}"
 
 
 def event_meta_query():
@@ -312,7 +380,7 @@ def iter_events(
         after = rows[-1].position
 
 
-def source_counts(conn: Connection) -> dict[str, int]:
-    """Number of events per source."""
-    query = select(events.c.source, func.count()).group_by(events.c.source)
+def read_source_counts(conn: Connection) -> dict[str, int]:
+    """Number of events per source, as kept by every writer (no scan of the log)."""
+    query = select(source_counts.c.source, source_counts.c.events).order_by(source_counts.c.source)
     return {source: count for source, count in conn.execute(query)}

@@ -15,7 +15,7 @@ from ledger import chain
 from ledger.db import translated, writer
 from ledger.errors import ImportRefused
 from ledger.schema import events, ledger_head
-from ledger.store import iter_events, read_head
+from ledger.store import add_source_counts, iter_events, read_head
 from ledger.timefmt import iso_from_us
 
 COLUMNS = [str(c.name) for c in events.c if c.name != "body"]
@@ -109,12 +109,14 @@ def import_lines(
             raise ImportRefused(f"the ledger is not empty (head is position {head})")
         previous = chain.GENESIS
         batch: list[dict[str, Any]] = []
+        counts: dict[str, int] = {}
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             row = _parse(number, line)
             previous = _check(number, row, previous, count + 1)
             batch.append(row)
+            counts[row["source"]] = counts.get(row["source"], 0) + 1
             count += 1
             if len(batch) >= CHUNK:
                 conn.execute(events.insert(), batch)
@@ -125,6 +127,7 @@ def import_lines(
             conn.execute(events.insert(), batch)
             if tick is not None:
                 tick(len(batch))
+        add_source_counts(conn, counts)
         if count:
             conn.execute(
                 update(ledger_head)

@@ -151,6 +151,9 @@ class Scheme:
     name: str = ""
     needs_secret: bool = True
     needs_header: bool = False
+    # The signature covers the body alone (no id, no timestamp): a captured delivery can be
+    # replayed with new id and type headers, so identical bodies are duplicates (SPEC 3).
+    signs_only_body: bool = False
     id_specs: tuple[str, ...] = ()
     type_specs: tuple[str, ...] = ("/event_type", "/type")
 
@@ -218,6 +221,7 @@ class HmacSha256Scheme(Scheme):
 
     name = "hmac-sha256"
     needs_header = True
+    signs_only_body = True
 
     def verify(self, delivery, secrets, now, tolerance, header=None) -> Verdict:
         value = delivery.headers.get((header or "x-signature").lower())

@@ -104,3 +104,20 @@ def test_the_rebuild_ceiling_writes_what_the_hand_loop_writes(db_url, monkeypatc
         engine.dispose()
     assert len(rows["hand_entities"]) == 300
     assert [tuple(r) for r in rows["sql_entities"]] == [tuple(r) for r in rows["hand_entities"]]
+
+
+def test_the_appender_benchmark_appends_what_it_measures(tmp_path):
+    from bench.appender import measure
+    from ledger.db import make_engine
+    from ledger.store import iter_events
+
+    url = f"sqlite:///{tmp_path / 'appender.db'}"
+    cpu, wall = measure(url, prefill=512, count=56, batch=28, dedup_body=True)
+    assert cpu > 0 and wall > 0
+    engine = make_engine(url)
+    try:
+        rows = list(iter_events(engine))
+    finally:
+        engine.dispose()
+    assert len(rows) == 512 + 56
+    assert all(r.duplicate_of is None for r in rows)  # distinct ids and bodies

@@ -348,11 +348,16 @@ def test_shopify_headers_with_and_without_the_x_prefix(server, node_dir, prefix)
 def test_secret_env_list_holds_secrets_with_commas(server, node_dir):
     b64 = base64.b64encode(GITHUB_BODY).decode()
     hooks = f"{server.url}/hooks"
-    # each set variable of the list is one secret, verbatim (comma and trailing space kept)
+    # each set variable of the list is one secret, verbatim (comma and trailing space kept);
+    # the bodies differ, or the second would be a replay of the first (body_dedup)
     for secret, index in ((SECRETS["HL_LIB_COMMA"], 0), (SECRETS["HL_LIB_GITHUB"], 1)):
-        signature = node(node_dir, op="github-sign", secret=secret, body_base64=b64)["signature"]
+        body = GITHUB_BODY + b" " * index
+        body_b64 = base64.b64encode(body).decode()
+        signature = node(node_dir, op="github-sign", secret=secret, body_base64=body_b64)[
+            "signature"
+        ]
         headers = {"X-Hub-Signature-256": signature, "X-GitHub-Event": "issues", "X-GitHub-Delivery": f"rot-{index}"}  # fmt: skip
-        event = stored(server, httpx.post(f"{hooks}/rotated", content=GITHUB_BODY, headers=headers))
+        event = stored(server, httpx.post(f"{hooks}/rotated", content=body, headers=headers))
         assert event["secret_index"] == index
     # the parts of the comma secret are not secrets on their own
     part = node(node_dir, op="github-sign", secret="a secret", body_base64=b64)["signature"]
