@@ -25,6 +25,8 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
+    func,
+    select,
 )
 from sqlalchemy.dialects.postgresql.base import RESERVED_WORDS as PG_RESERVED
 from sqlalchemy.dialects.sqlite.base import SQLiteIdentifierPreparer
@@ -54,10 +56,15 @@ COPY_ROWS = 1000
 
 @dataclass
 class Outcome:
-    """What applying a batch did: handler errors and where a halt stopped it."""
+    """What applying a batch did: handler errors, where a halt stopped it, and the rows.
+
+    `rows_added` is the change in the version's row count (tombstones excluded);
+    `rows_total`, when not None, is the table's count after the batch instead."""
 
     errors: list[tuple[int, str, str | None]] = field(default_factory=list)
     halted_at: int | None = None
+    rows_added: int = 0
+    rows_total: int | None = None
 
 
 class Projector:
@@ -122,9 +129,13 @@ class DeclarativeProjector(Projector):
             ordered = index_order({k for k in keys if not isinstance(k, HandlerError)})
             current = self.load(conn, table, ordered)
             result = fold(self.definition, wanted, current, keys)
-            winners = map(result.rows.get, ordered)
-            self.write(conn, table, [row for row in winners if row is not None])
-        return Outcome([(p, m, None) for p, m in result.errors], result.halted_at)
+            winners = [row for row in map(result.rows.get, ordered) if row is not None]
+            self.write(conn, table, winners)
+        return Outcome(
+            [(p, m, None) for p, m in result.errors],
+            result.halted_at,
+            rows_added=live_rows_added(current, winners),
+        )
 
     def load(
         self, conn: Connection, table: Table, keys: Sequence[tuple[str, ...]]
@@ -220,6 +231,15 @@ def gc_paused() -> Iterator[None]:
                 gc.enable()
 
 
+def live_rows_added(before: dict[tuple[str, ...], RowState], after: Iterable[RowState]) -> int:
+    """How many live (non-tombstone) rows writing `after` over `before` adds (or removes)."""
+    added = 0
+    for row in after:
+        old = before.get(row.key)
+        added += (not row.deleted) - (old is not None and not old.deleted)
+    return added
+
+
 def index_order(keys: Iterable[tuple[str, ...]]) -> list[tuple[str, ...]]:
     """Keys roughly in primary-key order, for the load and the write alike: neighbouring
     keys share pages, so each page is read and written once per batch.
@@ -267,9 +287,13 @@ class PythonProjector(Projector):
         try:
             with conn.begin_nested():
                 self.impl.apply(conn, table, wanted)
+            outcome = Outcome()
         except Exception:
-            return self._one_by_one(conn, table, wanted)
-        return Outcome()
+            outcome = self._one_by_one(conn, table, wanted)
+        # A Python projection writes its tables itself: its rows are counted once per
+        # batch that applied anything, in the batch's transaction (readers never count).
+        outcome.rows_total = conn.execute(select(func.count()).select_from(table)).scalar() or 0
+        return outcome
 
     def _one_by_one(self, conn: Connection, table: Table, wanted: Sequence[Event]) -> Outcome:
         """The batch failed: apply event by event to find (and record) the failing ones."""
