@@ -34,6 +34,7 @@ from sqlalchemy.dialects.sqlite.base import SQLiteIdentifierPreparer
 from ledger.config import Config
 from ledger.errors import ConfigError
 from projections.declarative import KEPT, Definition, HandlerError, RowState, fold, keys_of
+from projections.indexes import add_sort_indexes
 from projections.model import Event
 from projections.python import Projection, load_class
 from projections.table_sql import RowSql, row_sql
@@ -111,7 +112,7 @@ class DeclarativeProjector(Projector):
 
     def build_table(self, table_name: str) -> Table:
         d = self.definition
-        return Table(
+        table = Table(
             table_name,
             MetaData(),
             *(Column(k, Text, primary_key=True) for k in d.key_columns),
@@ -121,6 +122,7 @@ class DeclarativeProjector(Projector):
             Column("position", BigInteger, nullable=False),
             Column("deleted", Boolean, nullable=False),
         )
+        return add_sort_indexes(table, d.key_columns, (*d.column_names, "position"))
 
     def apply(self, conn: Connection, table: Table, events: Sequence[Event]) -> Outcome:
         with gc_paused():
