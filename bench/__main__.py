@@ -1,9 +1,10 @@
-"""The benchmarks, one entry point: `python -m bench {ingest,rebuild,latency} [options]`.
+"""The benchmarks, one entry point: `python -m bench {ingest,rebuild,latency,scale} [options]`.
 
 - ingest: durable signed deliveries per second against the ceiling and the tutorial
   receivers (writes docs/performance.md with `--output`);
 - rebuild: `hookledger rebuild` against a hand-written upsert loop (`bench.rebuild`);
-- latency: catch-up and point-read latencies (`bench.latency`).
+- latency: catch-up and point-read latencies (`bench.latency`);
+- scale: read requests at 100k, 1M and 3M events, built by import (`bench.scale`).
 
 Each command's own options: `python -m bench COMMAND --help`.
 """
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from bench import ingest
 
 # Commands that parse their own options: the module's main(argv) runs them.
-DELEGATED = {"rebuild": "bench.rebuild", "latency": "bench.latency"}
+DELEGATED = {"rebuild": "bench.rebuild", "latency": "bench.latency", "scale": "bench.scale"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
