@@ -1,4 +1,4 @@
-"""The benchmarks, one entry point: `python -m bench {ingest,rebuild,latency,flood} [options]`.
+"""The benchmarks, one entry point: `python -m bench {ingest,rebuild,latency,flood,appender,scale} [options]`.
 
 - ingest: durable signed deliveries per second against the ceiling and the tutorial
   receivers (writes docs/performance.md with `--output`);
@@ -6,6 +6,7 @@
 - latency: catch-up and point-read latencies (`bench.latency`);
 - flood: real ingest latency beside a flood of bad signatures (`bench.flood`).
 - appender: `append_batch` and its commit on their own, CPU per delivery (`bench.appender`).
+- scale: read requests at 100k, 1M and 3M events, built by import (`bench.scale`).
 
 Each command's own options: `python -m bench COMMAND --help`.
 """
@@ -25,6 +26,7 @@ DELEGATED = {
     "latency": "bench.latency",
     "flood": "bench.flood",
     "appender": "bench.appender",
+    "scale": "bench.scale",
 }
 
 

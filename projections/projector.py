@@ -26,6 +26,8 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
+    func,
+    select,
 )
 from sqlalchemy.dialects.postgresql.base import RESERVED_WORDS as PG_RESERVED
 from sqlalchemy.dialects.sqlite.base import SQLiteIdentifierPreparer
@@ -33,6 +35,7 @@ from sqlalchemy.dialects.sqlite.base import SQLiteIdentifierPreparer
 from ledger.config import Config
 from ledger.errors import ConfigError
 from projections.declarative import KEPT, Definition, HandlerError, RowState, fold, keys_of
+from projections.indexes import add_sort_indexes
 from projections.model import Event
 from projections.python import Projection, file_digest, load_class, source_file
 from projections.table_sql import RowSql, row_sql
@@ -57,10 +60,15 @@ COPY_ROWS = 1000
 
 @dataclass
 class Outcome:
-    """What applying a batch did: handler errors and where a halt stopped it."""
+    """What applying a batch did: handler errors, where a halt stopped it, and the rows.
+
+    `rows_added` is the change in the version's row count (tombstones excluded);
+    `rows_total`, when not None, is the table's count after the batch instead."""
 
     errors: list[tuple[int, str, str | None]] = field(default_factory=list)
     halted_at: int | None = None
+    rows_added: int = 0
+    rows_total: int | None = None
 
 
 class Projector:
@@ -112,7 +120,7 @@ class DeclarativeProjector(Projector):
 
     def build_table(self, table_name: str) -> Table:
         d = self.definition
-        return Table(
+        table = Table(
             table_name,
             MetaData(),
             *(Column(k, Text, primary_key=True) for k in d.key_columns),
@@ -122,6 +130,7 @@ class DeclarativeProjector(Projector):
             Column("position", BigInteger, nullable=False),
             Column("deleted", Boolean, nullable=False),
         )
+        return add_sort_indexes(table, d.key_columns, (*d.column_names, "position"))
 
     def apply(self, conn: Connection, table: Table, events: Sequence[Event]) -> Outcome:
         with gc_paused():
@@ -130,9 +139,13 @@ class DeclarativeProjector(Projector):
             ordered = index_order({k for k in keys if not isinstance(k, HandlerError)})
             current = self.load(conn, table, ordered)
             result = fold(self.definition, wanted, current, keys)
-            winners = map(result.rows.get, ordered)
-            self.write(conn, table, [row for row in winners if row is not None])
-        return Outcome([(p, m, None) for p, m in result.errors], result.halted_at)
+            winners = [row for row in map(result.rows.get, ordered) if row is not None]
+            self.write(conn, table, winners)
+        return Outcome(
+            [(p, m, None) for p, m in result.errors],
+            result.halted_at,
+            rows_added=live_rows_added(current, winners),
+        )
 
     def load(
         self, conn: Connection, table: Table, keys: Sequence[tuple[str, ...]]
@@ -228,6 +241,15 @@ def gc_paused() -> Iterator[None]:
                 gc.enable()
 
 
+def live_rows_added(before: dict[tuple[str, ...], RowState], after: Iterable[RowState]) -> int:
+    """How many live (non-tombstone) rows writing `after` over `before` adds (or removes)."""
+    added = 0
+    for row in after:
+        old = before.get(row.key)
+        added += (not row.deleted) - (old is not None and not old.deleted)
+    return added
+
+
 def index_order(keys: Iterable[tuple[str, ...]]) -> list[tuple[str, ...]]:
     """Keys roughly in primary-key order, for the load and the write alike: neighbouring
     keys share pages, so each page is read and written once per batch.
@@ -285,9 +307,13 @@ class PythonProjector(Projector):
         try:
             with conn.begin_nested():
                 self.impl.apply(conn, table, wanted)
+            outcome = Outcome()
         except Exception:
-            return self._one_by_one(conn, table, wanted)
-        return Outcome()
+            outcome = self._one_by_one(conn, table, wanted)
+        # A Python projection writes its tables itself: its rows are counted once per
+        # batch that applied anything, in the batch's transaction (readers never count).
+        outcome.rows_total = conn.execute(select(func.count()).select_from(table)).scalar() or 0
+        return outcome
 
     def _one_by_one(self, conn: Connection, table: Table, wanted: Sequence[Event]) -> Outcome:
         """The batch failed: apply event by event to find (and record) the failing ones."""

@@ -188,6 +188,17 @@ def advance(
     return result.rowcount == 1
 
 
+def count_rows(conn: Connection, name: str, version: int, added: int, total: int | None) -> None:
+    """Move a version's row count in the batch's transaction (by `added`, or to `total`)."""
+    if total is None and not added:
+        return
+    conn.execute(
+        update(V)
+        .where(V.c.name == name, V.c.version == version)
+        .values(row_count=total if total is not None else V.c.row_count + added)
+    )
+
+
 def record_errors(
     conn: Connection, name: str, version: int, errors: Sequence[tuple[int, str, str | None]]
 ) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, Table, Text
+from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, Table, Text, text
 
 from ledger.schema import NAMING, RowId
 
@@ -11,6 +11,7 @@ metadata = MetaData(naming_convention=NAMING)
 # One row per built or building version of each projection.
 #   status: building -> live -> retired (or abandoned, when a newer build replaced it)
 #   state:  running | failed (halted on a handler error until `projections retry`)
+#   row_count: the version's rows, tombstones excluded, moved in each batch's transaction
 projection_versions = Table(
     "projection_versions",
     metadata,
@@ -29,6 +30,7 @@ projection_versions = Table(
     Column("swapped_at_us", BigInteger),
     Column("diff", Text),
     Column("last_error", Text),
+    Column("row_count", BigInteger, nullable=False, server_default=text("0")),
 )
 
 # Who works a projection: one holder at a time, taken over when `expires_at_us` passes.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, Row, column, func, select, table
+from sqlalchemy import Connection, Engine, Row, func, select
 
 from ledger.db import translated
 from ledger.store import read_head
@@ -38,16 +38,6 @@ def progress(row: Row, head: int, now_us: int | None = None) -> dict[str, Any]:
     }
 
 
-def count_rows(conn: Connection, name: str, tombstones: bool) -> int:
-    """Rows of the live version, counted through the projection's view: a swap may drop
-    the old physical table at any instant (PostgreSQL reads are not one snapshot)."""
-    view = table(name, column("deleted"))
-    query = select(func.count()).select_from(view)
-    if tombstones:
-        query = query.where(view.c.deleted.is_(False))
-    return conn.execute(query).scalar() or 0
-
-
 def describe(conn: Connection, projector: Projector, head: int) -> dict[str, Any]:
     """One projection's status entry (the shape of GET /v1/projections)."""
     live, building = registry.active(conn, projector.name)
@@ -73,7 +63,8 @@ def describe(conn: Connection, projector: Projector, head: int) -> dict[str, Any
         "position": position,
         "head": head,
         "lag": head - position,
-        "rows": count_rows(conn, projector.name, projector.tombstones) if live else 0,
+        # Kept by the engine in each batch's transaction (tombstones excluded): no COUNT here.
+        "rows": live.row_count if live is not None else 0,
         "rebuild": progress(building, head) if building is not None else None,
         "last_swap": _last_swap(live),
         # the workers run an older definition than the one on disk: restart them

@@ -200,6 +200,9 @@ class Worker:
                 conn.rollback()
                 return False
             outcome = projector.apply(conn, table, batch_events)
+            registry.count_rows(
+                conn, version.name, version.version, outcome.rows_added, outcome.rows_total
+            )
             registry.record_errors(conn, version.name, version.version, outcome.errors)
             if outcome.errors:
                 last = outcome.errors[-1]

@@ -121,3 +121,51 @@ def test_the_appender_benchmark_appends_what_it_measures(tmp_path):
         engine.dispose()
     assert len(rows) == 512 + 56
     assert all(r.duplicate_of is None for r in rows)  # distinct ids and bodies
+
+
+def test_the_scale_export_imports_and_projects_a_tenth_of_its_events(engine, tmp_path):
+    from bench import scale
+    from ledger.transfer import import_lines
+    from ledger.verify import verify_ledger
+    from projections.projector import load_projectors
+    from projections.status import status
+    from projections.worker import Worker
+    from tests.projection_support import drain
+
+    now = time.time_ns() // 1000
+    lines = list(scale.export_lines(200, now))
+    assert import_lines(engine, lines) == 200
+    with engine.connect() as conn:
+        sizes = {len(b) for (b,) in conn.execute(text("SELECT body FROM events"))}
+        last = conn.execute(text("SELECT max(received_at_us) FROM events")).scalar()
+    assert sizes == {scale.BODY_BYTES}
+    assert last == now
+    assert verify_ledger(engine).ok
+    raw = load_config_text(tmp_path, scale.CONFIG.format(db=tmp_path / "x.db"))
+    projectors = load_projectors(raw)
+    drain(Worker(engine, projectors, owner="w"))
+    (entry,) = status(engine, projectors)
+    assert entry["rows"] == 20
+
+
+def load_config_text(tmp_path, text_: str):
+    path = tmp_path / "scale.toml"
+    path.write_text(text_)
+    return load_config(str(path), {})
+
+
+def test_the_scale_table_reports_each_size_as_a_ratio_to_the_first():
+    from bench import scale
+
+    assert [scale.parse_size(s) for s in ("100k", "1M", "3M", "2500")] == [
+        100_000,
+        1_000_000,
+        3_000_000,
+        2500,
+    ]
+    results = {
+        n: {name: n / 100_000 * 0.01 for name, _, _ in scale.REQUESTS} for n in (100_000, 1_000_000)
+    }
+    table = scale.table([100_000, 1_000_000], results)
+    assert "| request | 100k | 1M |" in table
+    assert "| `GET /ui/` | 10.0 ms | 100.0 ms (10.00x) |" in table
