@@ -25,6 +25,7 @@ from api import projections as proj_routes
 from api.access_log import AccessLines, AccessLog
 from api.deadlines import BodyDeadlines
 from api.errors import HANDLERS, error_response
+from api.guard import Guard, HostCheck
 from api.ingest import Ingest, hooks_source
 from api.metrics import Metrics
 from api.openapi import openapi
@@ -143,11 +144,14 @@ class HookledgerApp(Starlette):
 
     The hot route is served straight by `Ingest.fast`, which answers every error
     itself and writes its own access line; it sets `route` and `path_params` as the
-    router would, so logs and metrics name the template."""
+    router would, so logs and metrics name the template. A delivery to a Host the
+    server does not answer to takes the ordinary path, where `Guard` refuses it."""
+
+    hosts: HostCheck
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         name = hooks_source(scope)
-        if name is None:
+        if name is None or not self.hosts.ok(scope):
             await super().__call__(scope, receive, send)
             return
         scope["app"] = self
@@ -214,12 +218,14 @@ def create_app(
 
     access = AccessLines() if config.server.access_log else None
     middleware = [Middleware(AccessLog, lines=access)] if access else []
+    middleware.append(Middleware(Guard, config=config))
     app = HookledgerApp(
         routes=[*ROUTES, *console.ROUTES],  # /ui: HTML pages with their own error pages
         lifespan=lifespan,
         exception_handlers=HANDLERS,
         middleware=middleware,
     )
+    app.hosts = HostCheck(config)
     console.install(app)
     return app
 

@@ -19,6 +19,7 @@ from ledger.verifiers import SCHEMES
 
 DEFAULT_DATABASE_URL = "sqlite:///hookledger.db"
 SCOPES = ("read", "admin")
+TOKEN_MIN_CHARS = 16
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class ServerConfig:
     access_log: bool = True
     body_timeout_seconds: float = 30.0
     rejections_max_bytes: int = 64 * 1024 * 1024
+    allowed_hosts: frozenset[str] = frozenset()  # served besides loopback when no tokens
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,7 @@ def _parse(data: Mapping[str, Any], file: str, env: Mapping[str, str], path: str
             "access_log",
             "body_timeout_seconds",
             "rejections_max_bytes",
+            "allowed_hosts",
         },
     )
     max_body = srv.get("max_body_bytes", int, ServerConfig.max_body_bytes)
@@ -201,26 +204,23 @@ def _parse(data: Mapping[str, Any], file: str, env: Mapping[str, str], path: str
     rejections_max = srv.get("rejections_max_bytes", int, ServerConfig.rejections_max_bytes)
     if rejections_max < 0:
         srv.fail("rejections_max_bytes", "must be 0 (keep none, only count them) or more")
+    hosts = srv.strings("allowed_hosts", [])
+    for host in hosts:
+        if not host or any(c in host for c in "/ @") or host != host.strip():
+            srv.fail(
+                "allowed_hosts", f"expected host names such as 'hooks.example.com', got {host!r}"
+            )
+    allowed = frozenset(h.lower().strip("[]") for h in hosts)
     server = ServerConfig(
         max_body,
         frozenset(h.lower() for h in redact),
         access_log,
         body_timeout_seconds=float(body_timeout),
         rejections_max_bytes=rejections_max,
+        allowed_hosts=allowed,
     )
 
-    tokens = []
-    for i, raw in enumerate(top.get("tokens", list, [])):
-        if not isinstance(raw, dict):
-            top.fail(f"tokens[{i}]", "expected a table ([[tokens]])")
-        t = _Reader(file, f"tokens[{i}].", raw, {"name", "token_env", "scopes"})
-        token_env = t.required("token_env", str)
-        scopes = t.strings("scopes", ["read"])
-        for s in scopes:
-            if s not in SCOPES:
-                t.fail("scopes", f"unknown scope {s!r} (expected read or admin)")
-        value = env.get(token_env) or None
-        tokens.append(Token(t.get("name", str, token_env), token_env, frozenset(scopes), value))
+    tokens = _tokens(top, env)
 
     sources = {}
     for name, raw in top.get("sources", dict, {}).items():
@@ -233,6 +233,34 @@ def _parse(data: Mapping[str, Any], file: str, env: Mapping[str, str], path: str
         if not isinstance(raw, dict):
             top.fail(f"projections.{name}", "expected a table")
     return Config(path, database_url, server, tuple(tokens), sources, projections)
+
+
+def _tokens(top: _Reader, env: Mapping[str, str]) -> list[Token]:
+    """The `[[tokens]]`: unique names, distinct values, each at least 16 characters."""
+    tokens: list[Token] = []
+    for i, raw in enumerate(top.get("tokens", list, [])):
+        if not isinstance(raw, dict):
+            top.fail(f"tokens[{i}]", "expected a table ([[tokens]])")
+        t = _Reader(top.file, f"tokens[{i}].", raw, {"name", "token_env", "scopes"})
+        token_env = t.required("token_env", str)
+        scopes = t.strings("scopes", ["read"])
+        for s in scopes:
+            if s not in SCOPES:
+                t.fail("scopes", f"unknown scope {s!r} (expected read or admin)")
+        name = t.get("name", str, token_env)
+        if any(other.name == name for other in tokens):
+            t.fail("name", f"another token is already named {name!r}: names must be unique")
+        value = env.get(token_env) or None
+        if value is not None and len(value) < TOKEN_MIN_CHARS:
+            t.fail(
+                "token_env",
+                f"{token_env} holds {len(value)} characters; "
+                f"a token needs at least {TOKEN_MIN_CHARS}",
+            )
+        if value is not None and any(other.value == value for other in tokens):
+            t.fail("token_env", f"{token_env} holds the same token as another entry")
+        tokens.append(Token(name, token_env, frozenset(scopes), value))
+    return tokens
 
 
 def _source(file: str, name: str, raw: Mapping[str, Any], env: Mapping[str, str]) -> SourceConfig:

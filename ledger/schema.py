@@ -132,3 +132,17 @@ erasures = Table(
     Column("first_position", BigInteger),
     Column("last_position", BigInteger),
 )
+
+# Console sign-ins (api/console/session.py). The cookie carries a random session id
+# whose SHA-256 is the key here; the token is named by its SHA-256, so a session's
+# scopes come from the configured token itself, and a token removed or changed in the
+# config ends its sessions. Signing out deletes the row, in every process at once.
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("sid_sha256", String(64), primary_key=True),
+    Column("token_sha256", String(64), nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("expires_at_us", BigInteger, nullable=False),
+    Index(None, "expires_at_us"),
+)

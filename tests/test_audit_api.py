@@ -46,7 +46,11 @@ token_env = "OPS_TOKEN"
 scopes = ["read", "admin"]
 """
 
-TOKEN_ENV = {"READ_TOKEN": "r-token-123", "OPS_TOKEN": "o-token-456", "SIGNED_SECRET": "k"}
+TOKEN_ENV = {
+    "READ_TOKEN": "r-token-1234567890",
+    "OPS_TOKEN": "o-token-4567890123",
+    "SIGNED_SECRET": "k",
+}
 
 
 def assert_error(response, status: int, code: str | None = None) -> dict:
@@ -386,7 +390,7 @@ def test_health_and_unknown_routes(make_client):
 
 def test_readyz_and_reads_on_an_unmigrated_database(tmp_path, db_url):
     cfg = config_from(tmp_path, SOURCES, {"HOOKLEDGER_DATABASE_URL": db_url})
-    with TestClient(create_app(cfg, migrate_on_start=False)) as c:
+    with TestClient(create_app(cfg, migrate_on_start=False), base_url="http://localhost") as c:
         assert c.get("/healthz").status_code == 200
         assert_error(c.get("/readyz"), 503, "not_migrated")
         assert_error(c.get("/v1/events"), 503, "not_migrated")
@@ -398,8 +402,8 @@ def test_readyz_and_reads_on_an_unmigrated_database(tmp_path, db_url):
 
 def test_tokens_guard_the_read_api(make_client):
     c = make_client(SOURCES + TOKENS, env=TOKEN_ENV)
-    read = {"Authorization": "Bearer r-token-123"}
-    ops = {"Authorization": "Bearer o-token-456"}
+    read = {"Authorization": "Bearer r-token-1234567890"}
+    ops = {"Authorization": "Bearer o-token-4567890123"}
     # webhooks are authenticated by their source, not by API tokens
     assert c.post("/hooks/a", content=b'{"type":"t"}').status_code == 202
     for method, path in (
@@ -414,27 +418,30 @@ def test_tokens_guard_the_read_api(make_client):
             {},
             {"Authorization": "Bearer wrong"},
             {"Authorization": "Bearer r-token-12"},
-            {"Authorization": "Basic r-token-123"},
-            {"Authorization": "r-token-123"},
+            {"Authorization": "Basic r-token-1234567890"},
+            {"Authorization": "r-token-1234567890"},
             {"Authorization": "Bearer "},
         ):
             r = c.request(method, path, headers=headers)
             assert_error(r, 401)
             assert r.headers["www-authenticate"].lower().startswith("bearer")
-            assert "r-token-123" not in r.text
-        for headers in (read, ops, {"authorization": "bearer r-token-123"}):
+            assert "r-token-1234567890" not in r.text
+        for headers in (read, ops, {"authorization": "bearer r-token-1234567890"}):
             r = c.request(method, path, headers=headers)
             assert r.status_code == 200, (method, path, r.text)
     assert c.post("/v1/ledger/verify", headers=read).json()["ok"] is True
     # the API token is only accepted as a bearer header
-    assert_error(c.get("/v1/events?token=r-token-123"), 401)
+    assert_error(c.get("/v1/events?token=r-token-1234567890"), 401)
     assert c.get("/healthz").status_code == 200
     assert c.get("/readyz").status_code == 200
 
 
 def test_token_with_unset_variable_grants_nothing(make_client):
-    c = make_client(TOKENS, env={"READ_TOKEN": "only-this"})
-    assert c.get("/v1/ledger", headers={"Authorization": "Bearer only-this"}).status_code == 200
+    c = make_client(TOKENS, env={"READ_TOKEN": "only-this-token-123"})
+    assert (
+        c.get("/v1/ledger", headers={"Authorization": "Bearer only-this-token-123"}).status_code
+        == 200
+    )
     assert_error(c.get("/v1/ledger", headers={"Authorization": "Bearer "}), 401)
     assert_error(c.get("/v1/ledger", headers={"Authorization": "Bearer None"}), 401)
     assert_error(c.get("/v1/ledger"), 401)
@@ -456,10 +463,10 @@ def test_every_error_answer_has_the_one_shape(make_client):
     JSON with exactly `error` and `detail`."""
     c = make_client(
         SOURCES + UNSET + TOKENS + "\n[server]\nmax_body_bytes = 16\n",
-        env={"READ_TOKEN": "r", "OPS_TOKEN": "o", "SIGNED_SECRET": "k"},
+        env={"READ_TOKEN": "r" * 16, "OPS_TOKEN": "o" * 16, "SIGNED_SECRET": "k"},
     )
     assert c.post("/hooks/a", content=b"{}").status_code == 202
-    auth = {"Authorization": "Bearer r"}
+    auth = {"Authorization": "Bearer " + "r" * 16}
     errors = []
     answers = 0
 

@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
 from starlette.middleware.exceptions import ExceptionMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Mount, Route, request_response
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
-from api.console import chain, event_log, event_view, projection_pages, signin, templating
+from api.console import chain, event_log, event_view, projection_pages, session, signin, templating
 from api.console.session import PREFIX
 
 KEY_ENV = "HOOKLEDGER_CONSOLE_KEY"  # set by `serve` for its workers; never configured by hand
@@ -24,7 +26,7 @@ KEY_ENV = "HOOKLEDGER_CONSOLE_KEY"  # set by `serve` for its workers; never conf
 
 @dataclass
 class ConsoleState:
-    """Per-process console state: the session signing key and the last chain check."""
+    """Per-process console state: the CSRF signing key and the last chain check."""
 
     key: bytes = field(default_factory=lambda: _shared_key() or os.urandom(32))
     verify: chain.VerifyRun = field(default_factory=chain.VerifyRun)
@@ -37,7 +39,7 @@ def _shared_key() -> bytes | None:
 
 
 def install(app: Starlette) -> None:
-    """Give `app` its signing key (sessions end when the server restarts)."""
+    """Give `app` its CSRF key (open forms go stale when the server restarts)."""
     app.state.console = ConsoleState()
 
 
@@ -46,9 +48,20 @@ def _html_errors(app: ASGIApp) -> ASGIApp:
     return ExceptionMiddleware(app, handlers=templating.HANDLERS)
 
 
+def _with_session(endpoint: Callable) -> Callable:
+    """Look the session cookie up before the page runs (its errors become error pages)."""
+
+    async def page(request: Request) -> Response:
+        await session.load(request)
+        return await endpoint(request)
+
+    return page
+
+
 def _page(path: str, endpoint: Callable, methods: tuple[str, ...] = ("GET",)) -> Route:
     # A full path (not a Mount), so access logs name the console's own route templates.
-    return Route(PREFIX + path, _html_errors(request_response(endpoint)), methods=list(methods))
+    handler = request_response(_with_session(endpoint))
+    return Route(PREFIX + path, _html_errors(handler), methods=list(methods))
 
 
 ROUTES = [

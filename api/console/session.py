@@ -1,10 +1,14 @@
-"""Who is looking at the console: signed session cookies, bearer tokens, CSRF tokens.
+"""Who is looking at the console: server-side sessions, bearer tokens, CSRF tokens.
 
-The cookie holds a random session id, the token's *name* and an expiry, signed
-with a key drawn from os.urandom when the app is created (so every session ends
-at a restart); it never holds the token itself. The same `Authorization: Bearer`
-header as the API works too. Every POST carries a CSRF token bound to the
-session id, and the cookie is SameSite=Strict.
+The cookie holds only a random session id. Signing in stores the id's SHA-256
+with the SHA-256 of the token in `console_sessions`, so the session's name and
+scopes are those of the configured token whose digest matches: a token removed
+or changed in the config ends its sessions, and signing out deletes the row, so
+a copied cookie is worthless in every process at once. Sessions outlive a
+restart. The same `Authorization: Bearer` header as the API works too. Every
+POST carries a CSRF token bound to the session id, state changes sent from
+another site are refused (api/guard.py), and the cookie is SameSite=Lax so a
+link from another site still arrives signed in.
 """
 
 from __future__ import annotations
@@ -13,22 +17,27 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import time
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
-import orjson
+from sqlalchemy import delete, insert, select
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
 from api.auth import match_token, presented_token
 from ledger.config import Token
+from ledger.db import translated, writer
+from ledger.schema import console_sessions
 
 PREFIX = "/ui"  # where the console is served
 COOKIE = "hl_session"
 SESSION_TTL_S = 12 * 3600
 FORM_MAX_BYTES = 64 * 1024
 OPEN_SCOPES = frozenset({"read", "admin"})
+_SID = re.compile(r"^[A-Za-z0-9_-]{32}$")
 
 
 class ConsoleError(Exception):
@@ -58,17 +67,13 @@ class Principal:
 
 @dataclass(frozen=True)
 class Session:
+    """The cookie's random id; whether it is signed in is the server's `console_sessions`."""
+
     sid: str
-    name: str | None
-    expires: int
 
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def _key(request: Request) -> bytes:
@@ -79,28 +84,13 @@ def _mac(key: bytes, purpose: str, data: str) -> bytes:
     return hmac.new(key, f"{purpose}:{data}".encode(), hashlib.sha256).digest()
 
 
-def encode_session(key: bytes, session: Session) -> str:
-    payload = _b64(orjson.dumps({"s": session.sid, "n": session.name, "e": session.expires}))
-    return f"{payload}.{_b64(_mac(key, 'session', payload))}"
+def digest(text: str) -> str:
+    """SHA-256 hex: how session ids and tokens are named in the database."""
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
-def decode_session(key: bytes, value: str | None) -> Session | None:
-    """The session in a cookie value, or None if it is missing, forged or expired."""
-    if not value or value.count(".") != 1:
-        return None
-    payload, signature = value.split(".")
-    try:
-        if not hmac.compare_digest(_unb64(signature), _mac(key, "session", payload)):
-            return None
-        doc = orjson.loads(_unb64(payload))
-        session = Session(str(doc["s"]), doc["n"], int(doc["e"]))
-    except (ValueError, KeyError, TypeError):
-        return None
-    return session if session.expires > time.time() else None
-
-
-def new_session(name: str | None) -> Session:
-    return Session(_b64(os.urandom(18)), name, int(time.time()) + SESSION_TTL_S)
+def new_session() -> Session:
+    return Session(_b64(os.urandom(24)))
 
 
 def csrf_token(request: Request, principal_sid: str) -> str:
@@ -112,15 +102,86 @@ def _configured(request: Request) -> tuple[Token, ...]:
 
 
 def current_session(request: Request) -> Session:
-    """The request's valid session, or a fresh anonymous one set on the response later."""
+    """The request's session id, or a fresh anonymous one set on the response later."""
     found = getattr(request.state, "console_session", None)
     if found is None:
-        found = decode_session(_key(request), request.cookies.get(COOKIE))
-        if found is None:
-            found = new_session(None)
+        value = request.cookies.get(COOKIE) or ""
+        if _SID.match(value):
+            found = Session(value)
+        else:
+            found = new_session()
             request.state.new_console_session = found
         request.state.console_session = found
     return found
+
+
+def _engine(request: Request):
+    return request.app.state.hl.engine
+
+
+async def load(request: Request) -> None:
+    """Look the cookie's session up (once per request, off the event loop) for `identify`."""
+    request.state.console_token_sha256 = None
+    if not _configured(request) or COOKIE not in request.cookies:
+        return
+    sid_sha256 = digest(current_session(request).sid)
+    now_us = time.time_ns() // 1000
+    c = console_sessions.c
+
+    def read() -> str | None:
+        with translated(), _engine(request).connect() as conn:
+            return conn.execute(
+                select(c.token_sha256).where(c.sid_sha256 == sid_sha256, c.expires_at_us > now_us)
+            ).scalar()
+
+    request.state.console_token_sha256 = await run_in_threadpool(read)
+
+
+def _write(request: Request, statements: list) -> None:
+    with translated(), writer(_engine(request).connect()) as conn, conn.begin():
+        for statement in statements:
+            conn.execute(statement)
+
+
+async def sign_in(request: Request, token: Token) -> Session:
+    """A new session (a new id: nothing chosen before sign-in survives it) for `token`."""
+    assert token.value is not None
+    fresh = new_session()
+    now_us = time.time_ns() // 1000
+    c = console_sessions.c
+    row = {
+        "sid_sha256": digest(fresh.sid),
+        "token_sha256": digest(token.value),
+        "created_at_us": now_us,
+        "expires_at_us": now_us + SESSION_TTL_S * 1_000_000,
+    }
+    previous = digest(current_session(request).sid)
+    statements = [
+        delete(console_sessions).where(c.expires_at_us <= now_us),
+        delete(console_sessions).where(c.sid_sha256 == previous),
+        insert(console_sessions).values(row),
+    ]
+    await run_in_threadpool(_write, request, statements)
+    return fresh
+
+
+async def sign_out(request: Request) -> None:
+    """End the request's session on the server: the cookie, wherever copied, is worthless."""
+    c = console_sessions.c
+    sid_sha256 = digest(current_session(request).sid)
+    statement = delete(console_sessions).where(c.sid_sha256 == sid_sha256)
+    await run_in_threadpool(_write, request, [statement])
+
+
+def _session_token(request: Request, tokens: tuple[Token, ...]) -> Token | None:
+    """The configured token the session was started with, matched by digest, never by name."""
+    wanted = getattr(request.state, "console_token_sha256", None)
+    if wanted is None:
+        return None
+    for token in tokens:
+        if token.value is not None and hmac.compare_digest(digest(token.value), wanted):
+            return token
+    return None
 
 
 def identify(request: Request) -> Principal | None:
@@ -135,7 +196,7 @@ def identify(request: Request) -> Principal | None:
     session = current_session(request)
     if not tokens:
         return Principal(None, OPEN_SCOPES, session.sid, "open")
-    token = next((t for t in tokens if t.name == session.name and t.value is not None), None)
+    token = _session_token(request, tokens)
     if token is None:
         return None
     return Principal(token.name, token.scopes, session.sid, "session")
@@ -184,14 +245,14 @@ def set_session_cookie(request: Request, response: Response, session: Session | 
     path = request.scope.get("root_path", "") + PREFIX
     secure = request.url.scheme == "https"
     if session is None:
-        response.delete_cookie(COOKIE, path=path, secure=secure, httponly=True, samesite="Strict")
+        response.delete_cookie(COOKIE, path=path, secure=secure, httponly=True, samesite="Lax")
         return
     response.set_cookie(
         COOKIE,
-        encode_session(_key(request), session),
+        session.sid,
         max_age=SESSION_TTL_S,
         path=path,
         httponly=True,
         secure=secure,
-        samesite="Strict",
+        samesite="Lax",
     )

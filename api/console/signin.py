@@ -1,7 +1,8 @@
 """Signing in with an API token (`/ui/login`) and out (`/ui/logout`).
 
-A successful sign-in starts a new session (a new id, so nothing chosen before
-sign-in survives it) naming the token; the token itself is never stored.
+A successful sign-in starts a new server-side session (a new id, so nothing chosen
+before sign-in survives it) for the token's digest; the token itself is never
+stored. Signing out deletes the session on the server.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ async def login(request: Request) -> Response:
         return _form(request, 403, f"The token {token.name!r} lacks the 'read' scope.")
     response = redirect(request, "")
     response.headers["location"] = _next(request, form.get("next", ""))
-    session.set_session_cookie(request, response, session.new_session(token.name))
+    session.set_session_cookie(request, response, await session.sign_in(request, token))
     return response
 
 
@@ -78,6 +79,7 @@ async def logout(request: Request) -> Response:
         request.state.principal = principal
         return render(request, "logout.html")
     await session.checked_form(request, "read")
+    await session.sign_out(request)
     response = redirect(request, "/login")
     session.set_session_cookie(request, response, None)
     return response
