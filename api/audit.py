@@ -86,13 +86,20 @@ async def get_raw(request: Request) -> Response:
         raise ApiError(404, "not_found", f"no event at position {position}")
     if row.body is None:
         raise ApiError(410, "body_erased", f"the body of position {position} was erased")
-    headers = {
+    return Response(row.body, headers=raw_headers(row))
+
+
+def raw_headers(row: Any) -> dict[str, str]:
+    """Headers for a body served as it was received (the API's `/raw` and the console's
+    download): a download with the sender's type, never sniffed, and sandboxed should a
+    browser render it anyway, so a sender's HTML cannot run on our origin."""
+    return {
         "content-type": row.content_type or "application/octet-stream",
-        "content-disposition": f'attachment; filename="event-{position}.bin"',
+        "content-disposition": f'attachment; filename="event-{row.position}.bin"',
         "x-content-type-options": "nosniff",
-        "ledger-position": str(position),
+        "content-security-policy": "sandbox",
+        "ledger-position": str(row.position),
     }
-    return Response(row.body, headers=headers)
 
 
 def _ledger_summary(conn) -> dict[str, Any]:

@@ -261,6 +261,27 @@ def test_one_event_and_missing_positions(make_client):
         assert_error(c.get(path), 404)
 
 
+RAW_SAFETY = {
+    "content-disposition": 'attachment; filename="event-1.bin"',
+    "x-content-type-options": "nosniff",
+    "content-security-policy": "sandbox",
+}
+
+
+def test_raw_bodies_are_downloads_that_never_render_on_our_origin(make_client):
+    """A sender's HTML must not run on the console's origin: both raw routes answer it as
+    an attachment, unsniffed and sandboxed, with the same headers."""
+    c = make_client(SOURCES)
+    page = b"<html><script>fetch('/v1/projections')</script></html>"
+    post(c, "b", page, **{"Content-Type": "text/html"})
+    for path in ("/v1/events/1/raw", "/ui/events/1/raw"):
+        raw = c.get(path)
+        assert raw.status_code == 200, path
+        assert raw.content == page
+        assert raw.headers["content-type"].startswith("text/html")
+        assert {k: raw.headers.get(k) for k in RAW_SAFETY} == RAW_SAFETY, path
+
+
 # --- /v1/ledger and verify ---------------------------------------------------------
 
 
