@@ -121,6 +121,7 @@ ROUTES = [
     Route("/v1/events/{position}/raw", audit.get_raw, methods=["GET"]),
     Route("/v1/ledger", audit.ledger, methods=["GET"]),
     Route("/v1/ledger/verify", audit.verify, methods=["POST"]),
+    Route("/v1/ledger/verify", audit.verify_status, methods=["GET"]),
     Route("/v1/rejections", audit.list_rejections, methods=["GET"]),
     Route("/v1/projections", proj_routes.list_projections, methods=["GET"]),
     Route("/v1/projections/{name}", proj_routes.get_projection, methods=["GET"]),

@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from rich.console import Console
@@ -79,9 +80,10 @@ def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, config: Config) -> int:
+    from ledger import verify_job
     from ledger.db import translated
     from ledger.store import read_head
-    from ledger.verify import past_head, verify_ledger
+    from ledger.verify import past_head
 
     engine = open_engine(config)
     with translated(), engine.connect() as conn:
@@ -93,16 +95,33 @@ def cmd_verify(args: argparse.Namespace, config: Config) -> int:
     if start > 1 and start == head + 1:
         out.print(f"nothing to check: --from {start} is just past the head (position {head})")
         return 0
+    job, started = verify_job.claim(engine, start, "cli")
+    if not started:
+        err.print(
+            f"joining the verification already running (from position {job.start}, "
+            f"started {job.doc()['started_at']})",
+            markup=False,
+        )
     with progress() as bar:
-        task = bar.add_task("verifying", total=max(head - start + 1, 0))
-        result = verify_ledger(engine, start, lambda n: bar.advance(task, n))
-    if result.ok:
-        erased = f", {result.erased} erased bodies" if result.erased else ""
-        out.print(f"chain intact: {result.checked} events checked{erased}")
+        task = bar.add_task("verifying", total=job.total)
+        if started:
+            verify_job.run(engine, job, lambda n: bar.advance(task, n))
+        while True:
+            job = verify_job.read(engine, job.id)
+            bar.update(task, completed=job.checked)
+            if not job.running:
+                break
+            time.sleep(0.25)
+    result = job.result or {}
+    if job.state != "finished":
+        raise HookledgerError(f"the verification did not finish: {result.get('error', job.state)}")
+    if result["ok"]:
+        erased = f", {result['erased']} erased bodies" if result.get("erased") else ""
+        out.print(f"chain intact: {result['checked']} events checked{erased}")
         return 0
     err.print(
-        f"chain broken at position {result.first_bad_position}: {result.reason}"
-        f" ({intact_before(result.checked, start)})",
+        f"chain broken at position {result['first_bad_position']}: {result['reason']}"
+        f" ({intact_before(result['checked'], job.start)})",
         style="red",
         markup=False,
     )
