@@ -119,6 +119,11 @@ async def ledger(request: Request) -> Response:
     return OrjsonResponse(await _read(request.app.state.hl, _ledger_summary))
 
 
+async def verification(request: Request) -> Response:
+    """`/v1/ledger/verify`: POST starts or joins a verification, GET reports on it."""
+    return await (verify(request) if request.method == "POST" else verify_status(request))
+
+
 VERIFY_WAIT_SECONDS = 30
 MAX_VERIFY_WAIT_SECONDS = 30
 _POLL_SECONDS = (0.05, 0.1, 0.2, 0.25)  # then every 0.5 s
@@ -136,7 +141,7 @@ async def verify(request: Request) -> Response:
     head, _ = await _read(hl, store.read_head)
     problem = past_head(start, head)
     if problem is not None:
-        raise ApiError(400, "bad_request", f"from: {problem}")
+        raise ApiError(409, "past_head", f"from: {problem}")  # valid, but not for this log
     job, started = await run_in_threadpool(verify_job.claim, hl.engine, start, "api")
     if started:
         verify_job.run_in_background(hl.engine, job)

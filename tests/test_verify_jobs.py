@@ -19,6 +19,7 @@ from ledger.schema import verifications
 from projections.worker import wait_until
 from tests.conftest import ROOT
 from tests.helpers import append, new_event
+from tests.test_console import csrf
 
 SOURCES = """
 [sources.app]
@@ -182,11 +183,13 @@ def test_verify_parameters_and_an_empty_history(make_client, db_url):
     c = make_client(SOURCES)
     none = c.get("/v1/ledger/verify")
     assert none.status_code == 404 and none.json()["error"] == "not_found"
-    for query in ("wait=-1", "wait=31", "wait=x", "from=3"):  # from=3: past the head (0)
+    for query in ("wait=-1", "wait=31", "wait=x", "from=0"):
         r = c.post("/v1/ledger/verify?" + query)
         assert r.status_code == 400, (query, r.text)
         assert set(r.json()) == {"error", "detail"}
-    assert "past the head" in c.post("/v1/ledger/verify?from=3").json()["detail"]
+    past = c.post("/v1/ledger/verify?from=3")  # the head is 0: position 1 is the next one
+    assert past.status_code == 409 and past.json()["error"] == "past_head"
+    assert "past the head (position 0)" in past.json()["detail"]
     assert c.post("/v1/ledger/verify?from=1&wait=0").status_code in (200, 202)
     engine = make_engine(db_url)
     try:
@@ -194,3 +197,26 @@ def test_verify_parameters_and_an_empty_history(make_client, db_url):
             assert conn.execute(select(func.count()).select_from(verifications)).scalar() == 1
     finally:
         engine.dispose()
+
+
+def test_the_console_shows_and_joins_the_databases_job(make_client, db_url):
+    """The chain page reads the job from the database: a job another process runs is
+    shown with its progress, "Verify now" joins it, and its verdict shows after."""
+    c = make_client(SOURCES)
+    for i in range(3):
+        c.post("/hooks/app", content=b"{}", headers={"X-Event-Id": f"e{i}"})
+    engine = make_engine(db_url)
+    try:
+        job, _ = verify_job.claim(engine, 1, "another node")
+        html = c.get("/ui/chain").text
+        assert "verifying: 0 / 3 events" in html
+        assert c.get("/ui/chain.json").json()["running"] is True
+        r = c.post("/ui/chain/verify", data={"csrf": csrf(html)}, follow_redirects=False)
+        assert r.status_code == 303
+        assert len(jobs(db_url)) == 1
+        verify_job.run(engine, job)
+    finally:
+        engine.dispose()
+    html = c.get("/ui/chain").text
+    assert "intact" in html and "3 events checked" in html and "(by another node)" in html
+    assert "chain verified" in c.get("/ui/").text
