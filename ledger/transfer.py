@@ -140,7 +140,7 @@ def import_lines(
 
 
 def _check_marks(conn: Connection, batch: list[dict[str, Any]], numbers: list[int]) -> None:
-    bad = first_bad_mark(conn, [Mark.of(row) for row in batch])
+    bad = first_bad_mark(conn, [Mark.of_dict(row) for row in batch])
     if bad is not None:
         position, reason = bad
         number = numbers[position - batch[0]["position"]]

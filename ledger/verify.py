@@ -71,7 +71,8 @@ def check_link(previous: bytes, expected_position: int, row: Any) -> tuple[bytes
     return link, None
 
 
-CHUNK = 256  # rows checked between lookups of the marks and ticks of the progress
+CHUNK = 256  # rows read at a time (bodies are up to max_body_bytes each)
+MARKS_CHUNK = 2048  # marks checked at a time: a few small rows each, one lookup per chunk
 
 
 def past_head(start: int, head: int) -> str | None:
@@ -107,26 +108,30 @@ def verify_ledger(
                     return _broken(start, start - 1, "position is missing")
                 previous = bytes.fromhex(before)
         expected, erased = start, 0
+        pending: list[Mark] = []  # intact links whose marks are not checked yet
         for rows in _batches(iter_events(engine, start, head, CHUNK), CHUNK):
-            bad, intact = None, 0
+            bad = None
             for row in rows:
                 previous, problem = check_link(previous, expected, row)
                 if problem is not None:
                     bad = (expected, problem)
                     break
                 expected += 1
-                intact += 1
-            good = rows[:intact]
+                erased += row.body is None
+                pending.append(Mark.of(row))
             # A mark broken before the chain's first bad link is the first problem.
-            with engine.connect() as conn:
-                mark = first_bad_mark(conn, [Mark.of(r) for r in good])
-            if mark is not None:
-                return _broken(start, *mark)
-            if bad is not None:
-                return _broken(start, *bad)
-            erased += sum(r.body is None for r in good)
+            if bad is not None or len(pending) >= MARKS_CHUNK:
+                mark = _check_marks(engine, pending)
+                if mark is not None:
+                    return _broken(start, *mark)
+                if bad is not None:
+                    return _broken(start, *bad)
+                pending = []
             if tick is not None:
-                tick(len(good))
+                tick(len(rows))
+        mark = _check_marks(engine, pending)
+        if mark is not None:
+            return _broken(start, *mark)
         if expected != head + 1:
             return _broken(start, expected, "position is missing")
         with engine.connect() as conn:
@@ -138,6 +143,13 @@ def verify_ledger(
         if unrecorded is not None:
             return _broken(start, unrecorded, "body erased without a recorded erasure")
     return VerifyResult(True, head - start + 1, erased=erased)
+
+
+def _check_marks(engine: Engine, pending: list[Mark]) -> tuple[int, str] | None:
+    if not pending:
+        return None
+    with engine.connect() as conn:
+        return first_bad_mark(conn, pending)
 
 
 def _broken(start: int, position: int, reason: str) -> VerifyResult:
