@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import time
 from typing import Any
 
 import orjson
@@ -13,10 +15,10 @@ from starlette.responses import JSONResponse, Response
 from api import params
 from api.auth import require
 from api.errors import ApiError
-from ledger import rejections, store
+from ledger import rejections, store, verify_job
 from ledger.db import translated
 from ledger.timefmt import iso_from_us
-from ledger.verify import verify_ledger
+from ledger.verify import past_head
 
 
 class OrjsonResponse(JSONResponse):
@@ -86,13 +88,20 @@ async def get_raw(request: Request) -> Response:
         raise ApiError(404, "not_found", f"no event at position {position}")
     if row.body is None:
         raise ApiError(410, "body_erased", f"the body of position {position} was erased")
-    headers = {
+    return Response(row.body, headers=raw_headers(row))
+
+
+def raw_headers(row: Any) -> dict[str, str]:
+    """Headers for a body served as it was received (the API's `/raw` and the console's
+    download): a download with the sender's type, never sniffed, and sandboxed should a
+    browser render it anyway, so a sender's HTML cannot run on our origin."""
+    return {
         "content-type": row.content_type or "application/octet-stream",
-        "content-disposition": f'attachment; filename="event-{position}.bin"',
+        "content-disposition": f'attachment; filename="event-{row.position}.bin"',
         "x-content-type-options": "nosniff",
-        "ledger-position": str(position),
+        "content-security-policy": "sandbox",
+        "ledger-position": str(row.position),
     }
-    return Response(row.body, headers=headers)
 
 
 def _ledger_summary(conn) -> dict[str, Any]:
@@ -110,12 +119,58 @@ async def ledger(request: Request) -> Response:
     return OrjsonResponse(await _read(request.app.state.hl, _ledger_summary))
 
 
+async def verification(request: Request) -> Response:
+    """`/v1/ledger/verify`: POST starts or joins a verification, GET reports on it."""
+    return await (verify(request) if request.method == "POST" else verify_status(request))
+
+
+VERIFY_WAIT_SECONDS = 30
+MAX_VERIFY_WAIT_SECONDS = 30
+_POLL_SECONDS = (0.05, 0.1, 0.2, 0.25)  # then every 0.5 s
+
+
 async def verify(request: Request) -> Response:
+    """Start a verification, or join the running one; the verdict if it finishes within
+    `wait` seconds, else 202 and its progress (`GET /v1/ledger/verify` follows it)."""
     require(request, "read")
-    params.check_known(request, {"from"})
+    params.check_known(request, {"from", "wait"})
     start = params.integer(request, "from", 1, 1, params.MAX_INT)
-    result = await run_in_threadpool(verify_ledger, request.app.state.hl.engine, start)
-    return OrjsonResponse(result.as_dict())
+    wait = params.integer(request, "wait", VERIFY_WAIT_SECONDS, 0, MAX_VERIFY_WAIT_SECONDS)
+    assert start is not None and wait is not None
+    hl = request.app.state.hl
+    head, _ = await _read(hl, store.read_head)
+    problem = past_head(start, head)
+    if problem is not None:
+        raise ApiError(409, "past_head", f"from: {problem}")  # valid, but not for this log
+    job, started = await run_in_threadpool(verify_job.claim, hl.engine, start, "api")
+    if started:
+        verify_job.run_in_background(hl.engine, job)
+    deadline, pauses = time.monotonic() + wait, iter(_POLL_SECONDS)
+    while job.running:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return OrjsonResponse(job.doc(), status_code=202)
+        await asyncio.sleep(min(next(pauses, 0.5), left))
+        job = await run_in_threadpool(verify_job.read, hl.engine, job.id)
+    return _verdict(job)
+
+
+def _verdict(job: verify_job.Job) -> Response:
+    doc = job.doc()
+    if job.state != "finished":  # failed or abandoned: no verdict about the chain
+        detail = f"the verification did not finish: {doc.get('error') or job.state}"
+        raise ApiError(503, "verification_failed", detail, {"Retry-After": "2"})
+    return OrjsonResponse(doc)
+
+
+async def verify_status(request: Request) -> Response:
+    """The running verification's progress, or the last result (kept in the database)."""
+    require(request, "read")
+    params.check_known(request, set())
+    job = await _read(request.app.state.hl, verify_job.latest)
+    if job is None:
+        raise ApiError(404, "not_found", "no verification has run on this database yet")
+    return OrjsonResponse(job.doc())
 
 
 def rejection_doc(row: Any) -> dict[str, Any]:

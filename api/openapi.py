@@ -57,6 +57,15 @@ WAIT = [
     _param("wait", "query", {"type": "number", "minimum": 0, "maximum": 30}, "seconds to wait"),
 ]
 
+VERIFY_JOB = {
+    "id": INT,
+    "state": {"type": "string", "enum": ["running", "finished", "failed", "abandoned"]},
+    "from": INT,
+    "head": {**INT, "description": "the head the job covers"},
+    "started_at": STR,
+    "requested_by": NULL_STR,
+}
+
 EVENT_META = {
     "type": "object",
     "required": ["position", "source", "received_at", "body_sha256", "hash"],
@@ -127,11 +136,26 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["ok", "checked"],
         "properties": {
-            "ok": {"type": "boolean"},
+            **VERIFY_JOB,
+            "ok": {"type": ["boolean", "null"], "description": "null: the job did not finish"},
             "checked": INT,
             "erased": INT,
             "first_bad_position": INT,
             "reason": STR,
+            "error": STR,
+            "finished_at": NULL_STR,
+        },
+    },
+    "VerifyProgress": {
+        "type": "object",
+        "required": ["id", "state", "from", "head", "checked", "total", "rate"],
+        "properties": {
+            **VERIFY_JOB,
+            "checked": INT,
+            "total": INT,
+            "percent": {"type": "number"},
+            "rate": {"type": "number"},
+            "eta_seconds": {"type": ["number", "null"]},
         },
     },
     "RejectionPage": {
@@ -281,17 +305,42 @@ PATHS: dict[str, dict[str, Any]] = {
     },
     "/v1/ledger/verify": {
         "post": _op(
-            "Re-compute the hash chain",
-            {"200": _json(_ref("Verify"), "the verdict"), **BAD, **AUTH, **UNAVAILABLE},
+            "Re-compute the hash chain, or join the verification already running",
+            {
+                "200": _json(_ref("Verify"), "the verdict, when it came within `wait`"),
+                "202": _json(_ref("VerifyProgress"), "still running: its progress"),
+                "409": _error("`from` is past the position after the head: nothing to check"),
+                **BAD,
+                **AUTH,
+                **UNAVAILABLE,
+            },
             [
                 _param(
                     "from",
                     "query",
                     {"type": "integer", "minimum": 1, "maximum": MAX_INT},
-                    "first position to check",
-                )
+                    "first position to check (at most the head + 1)",
+                ),
+                _param(
+                    "wait",
+                    "query",
+                    {"type": "integer", "minimum": 0, "maximum": 30},
+                    "seconds to wait for the verdict (default 30)",
+                ),
             ],
-        )
+        ),
+        "get": _op(
+            "The running verification's progress, or the last result",
+            {
+                "200": _json(
+                    {"anyOf": [_ref("VerifyProgress"), _ref("Verify")]}, "progress or verdict"
+                ),
+                "404": _error("no verification has run on this database"),
+                **BAD,
+                **AUTH,
+                **UNAVAILABLE,
+            },
+        ),
     },
     "/v1/rejections": {
         "get": _op(

@@ -7,10 +7,12 @@ error and a non-zero exit (2 for configuration problems); never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from rich.console import Console
@@ -78,26 +80,62 @@ def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, config: Config) -> int:
+    from ledger import verify_job
     from ledger.db import translated
     from ledger.store import read_head
-    from ledger.verify import verify_ledger
+    from ledger.verify import past_head
 
     engine = open_engine(config)
     with translated(), engine.connect() as conn:
         head, _ = read_head(conn)
     start = max(args.start, 1)
+    problem = past_head(start, head)
+    if problem is not None:
+        raise ConfigError(f"--from {start}: {problem}")
+    if start > 1 and start == head + 1:
+        out.print(f"nothing to check: --from {start} is just past the head (position {head})")
+        return 0
+    job, started = verify_job.claim(engine, start, "cli")
+    if not started:
+        err.print(
+            f"joining the verification already running (from position {job.start}, "
+            f"started {job.doc()['started_at']})",
+            markup=False,
+        )
     with progress() as bar:
-        task = bar.add_task("verifying", total=max(head - start + 1, 0))
-        result = verify_ledger(engine, start, lambda n: bar.advance(task, n))
-    if result.ok:
-        erased = f", {result.erased} erased bodies" if result.erased else ""
-        out.print(f"chain intact: {result.checked} events checked{erased}")
+        task = bar.add_task("verifying", total=job.total)
+        if started:
+            verify_job.run(engine, job, lambda n: bar.advance(task, n))
+        while True:
+            job = verify_job.read(engine, job.id)
+            bar.update(task, completed=job.checked)
+            if not job.running:
+                break
+            time.sleep(0.25)
+    result = job.result or {}
+    if job.state != "finished":
+        raise HookledgerError(f"the verification did not finish: {result.get('error', job.state)}")
+    if result["ok"]:
+        erased = f", {result['erased']} erased bodies" if result.get("erased") else ""
+        out.print(f"chain intact: {result['checked']} events checked{erased}")
         return 0
     err.print(
-        f"[red]chain broken at position {result.first_bad_position}:[/] {result.reason}"
-        f" ({result.checked} events before it are intact)"
+        f"chain broken at position {result['first_bad_position']}: {result['reason']}"
+        f" ({intact_before(result['checked'], job.start)})",
+        style="red",
+        markup=False,
     )
     return 1
+
+
+def intact_before(checked: int, start: int) -> str:
+    """How many positions before a break were checked and found intact, and which."""
+    if checked == 0:
+        return "no events before it were checked"
+    if checked == 1:
+        return "1 event before it is intact" + (f": position {start}" if start > 1 else "")
+    where = f": positions {start} to {start + checked - 1}" if start > 1 else ""
+    return f"{checked} events before it are intact{where}"
 
 
 def cmd_export(args: argparse.Namespace, config: Config) -> int:
@@ -113,11 +151,16 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
         sink.flush()
     else:
         tmp = args.output + ".partial"
-        with open(tmp, "wb") as sink:
-            for line in export_lines(engine, args.start, args.stop):
-                sink.write(line)
-                count += 1
-        os.replace(tmp, args.output)
+        try:
+            with open(tmp, "wb") as sink:
+                for line in export_lines(engine, args.start, args.stop):
+                    sink.write(line)
+                    count += 1
+            os.replace(tmp, args.output)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise HookledgerError(f"cannot write {args.output}: {e.strerror}") from None
     err.print(f"exported {count} events")
     return 0
 

@@ -146,3 +146,24 @@ console_sessions = Table(
     Column("expires_at_us", BigInteger, nullable=False),
     Index(None, "expires_at_us"),
 )
+
+
+# One row per verification (`ledger.verify_job`): the running one's progress, then its
+# result. `running` is 1 while it runs and NULL after; being unique, it lets one run at a
+# time per database, whatever the number of processes.
+verifications = Table(
+    "verifications",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("running", Integer, unique=True),
+    Column("state", Text, nullable=False),  # running, finished, failed, abandoned
+    Column("start", BigInteger, nullable=False),
+    Column("head", BigInteger, nullable=False),
+    Column("checked", BigInteger, nullable=False),
+    Column("started_at_us", BigInteger, nullable=False),
+    Column("heartbeat_us", BigInteger, nullable=False),
+    Column("finished_at_us", BigInteger),
+    Column("owner", Text, nullable=False),
+    Column("requested_by", Text),
+    Column("result", Text),  # JSON: the verdict, or {"error": ...}
+)

@@ -9,11 +9,12 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 import orjson
-from sqlalchemy import Engine, update
+from sqlalchemy import Connection, Engine, update
 
 from ledger import chain
 from ledger.db import translated, writer
 from ledger.errors import ImportRefused
+from ledger.marks import Mark, first_bad_mark
 from ledger.schema import events, ledger_head
 from ledger.store import add_source_counts, iter_events, read_head
 from ledger.timefmt import iso_from_us
@@ -29,6 +30,8 @@ REQUIRED = [
     "headers",
     "body_base64",
     "body_sha256",
+    "verification",
+    "duplicate_of",
     "hash",
 ]
 CHUNK = 1000
@@ -66,9 +69,6 @@ def _parse(number: int, line: bytes) -> dict[str, Any]:
         raise ImportRefused(f"line {number}: body_base64 is not base64") from None
     row = {name: doc.get(name) for name in COLUMNS}
     row["body"] = doc["body"]
-    row.setdefault("verification", "verified")
-    if row["verification"] is None:
-        row["verification"] = "verified"
     return row
 
 
@@ -101,7 +101,11 @@ def _check(number: int, row: dict[str, Any], previous: bytes, expected: int) -> 
 def import_lines(
     engine: Engine, lines: Iterable[bytes], tick: Callable[[int], None] | None = None
 ) -> int:
-    """Load an export into an empty ledger, verifying every link; all or nothing."""
+    """Load an export into an empty ledger, verifying every link and the marks outside
+    the chain (`ledger.marks`); all or nothing, naming the first bad line.
+
+    Rows go in a chunk at a time inside the one transaction, so the marks of each
+    chunk are checked against the rows before it in the database, not in memory."""
     count = 0
     with translated(), writer(engine.connect()) as conn, conn.begin():
         head, _ = read_head(conn, lock=True)
@@ -110,23 +114,24 @@ def import_lines(
         previous = chain.GENESIS
         batch: list[dict[str, Any]] = []
         counts: dict[str, int] = {}
+        numbers: list[int] = []
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
-            row = _parse(number, line)
-            previous = _check(number, row, previous, count + 1)
+            try:
+                row = _parse(number, line)
+                previous = _check(number, row, previous, count + 1)
+            except ImportRefused:
+                _check_marks(conn, batch, numbers)  # an earlier line may be the first bad one
+                raise
             batch.append(row)
             counts[row["source"]] = counts.get(row["source"], 0) + 1
+            numbers.append(number)
             count += 1
             if len(batch) >= CHUNK:
-                conn.execute(events.insert(), batch)
-                batch.clear()
-                if tick is not None:
-                    tick(CHUNK)
+                _insert(conn, batch, numbers, tick)
         if batch:
-            conn.execute(events.insert(), batch)
-            if tick is not None:
-                tick(len(batch))
+            _insert(conn, batch, numbers, tick)
         add_source_counts(conn, counts)
         if count:
             conn.execute(
@@ -135,6 +140,29 @@ def import_lines(
                 .values(position=count, hash=previous.hex())
             )
     return count
+
+
+def _check_marks(conn: Connection, batch: list[dict[str, Any]], numbers: list[int]) -> None:
+    bad = first_bad_mark(conn, [Mark.of_dict(row) for row in batch])
+    if bad is not None:
+        position, reason = bad
+        number = numbers[position - batch[0]["position"]]
+        raise ImportRefused(f"line {number} (position {position}): {reason}")
+
+
+def _insert(
+    conn: Connection,
+    batch: list[dict[str, Any]],
+    numbers: list[int],
+    tick: Callable[[int], None] | None,
+) -> None:
+    """Check a chunk's marks against the rows before it, then insert it."""
+    _check_marks(conn, batch, numbers)
+    conn.execute(events.insert(), batch)
+    if tick is not None:
+        tick(len(batch))
+    batch.clear()
+    numbers.clear()
 
 
 def read_lines(stream: IO[bytes]) -> Iterator[bytes]:

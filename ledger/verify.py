@@ -1,13 +1,14 @@
-"""Re-compute the hash chain and every present body's digest.
+"""Re-compute the hash chain and every present body's digest, and check the marks
+outside the chain against the log.
 
-`check_link` is the pure rule for one row; `verify_ledger` walks the
-table with it.
+`check_link` is the pure rule for one row and `ledger.marks.check_marks` the one for
+`duplicate_of` and `verification`; `verify_ledger` walks the table with both.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ from sqlalchemy import Engine, select
 from ledger import chain
 from ledger.db import translated
 from ledger.erase import recorded_ranges
+from ledger.marks import Mark, first_bad_mark
 from ledger.schema import events
 from ledger.store import iter_events, read_head
 
@@ -69,53 +71,102 @@ def check_link(previous: bytes, expected_position: int, row: Any) -> tuple[bytes
     return link, None
 
 
-def check_rows(rows: Iterable[Any], previous: bytes, start: int, tick=None) -> VerifyResult:
-    """Check consecutive rows beginning at position `start` after the hash `previous`."""
-    checked = erased = 0
-    expected = start
-    for row in rows:
-        previous, problem = check_link(previous, expected, row)
-        if problem is not None:
-            return VerifyResult(False, checked, expected, problem)
-        checked += 1
-        erased += row.body is None
-        expected += 1
-        if tick is not None:
-            tick(1)
-    return VerifyResult(True, checked, erased=erased)
+CHUNK = 256  # rows read at a time (bodies are up to max_body_bytes each)
+MARKS_CHUNK = 2048  # marks checked at a time: a few small rows each, one lookup per chunk
+
+
+def past_head(start: int, head: int) -> str | None:
+    """Why a verification cannot start at `start`, or None.
+
+    The position after the head is allowed (nothing new to check: an incremental
+    check that is up to date); any later one is a mistake, not a broken chain."""
+    if start > head + 1:
+        return f"position {start} is past the head (position {head}): nothing to check there"
+    return None
 
 
 def verify_ledger(
     engine: Engine, start: int = 1, tick: Callable[[int], None] | None = None
 ) -> VerifyResult:
-    """Verify from position `start` (trusting the stored hash just before it) to the head."""
+    """Verify from position `start` (trusting the stored hash just before it) to the head:
+    the chain, every present body's digest, the marks outside the chain (`ledger.marks`)
+    and that every erased body is covered by a recorded erasure.
+
+    A `start` past the head checks nothing (callers refuse it with `past_head`)."""
     start = max(start, 1)
     with translated():
         with engine.connect() as conn:
             head, head_hash = read_head(conn)
+            if start > head:
+                return VerifyResult(True, 0)
             previous = chain.GENESIS
             if start > 1:
                 before = conn.execute(
                     select(events.c.hash).where(events.c.position == start - 1)
                 ).scalar()
                 if before is None:
-                    return VerifyResult(False, 0, start - 1, "position is missing")
+                    return _broken(start, start - 1, "position is missing")
                 previous = bytes.fromhex(before)
-        result = check_rows(iter_events(engine, start, head), previous, start, tick)
-    if result.ok and start <= head and result.checked != head - start + 1:
-        return VerifyResult(False, result.checked, start + result.checked, "position is missing")
-    if result.ok and head > 0:
-        with translated(), engine.connect() as conn:
+        expected, erased = start, 0
+        pending: list[Mark] = []  # intact links whose marks are not checked yet
+        for rows in _batches(iter_events(engine, start, head, CHUNK), CHUNK):
+            bad = None
+            for row in rows:
+                previous, problem = check_link(previous, expected, row)
+                if problem is not None:
+                    bad = (expected, problem)
+                    break
+                expected += 1
+                erased += row.body is None
+                pending.append(Mark.of(row))
+            # A mark broken before the chain's first bad link is the first problem.
+            if bad is not None or len(pending) >= MARKS_CHUNK:
+                mark = _check_marks(engine, pending)
+                if mark is not None:
+                    return _broken(start, *mark)
+                if bad is not None:
+                    return _broken(start, *bad)
+                pending = []
+            if tick is not None:
+                tick(len(rows))
+        mark = _check_marks(engine, pending)
+        if mark is not None:
+            return _broken(start, *mark)
+        if expected != head + 1:
+            return _broken(start, expected, "position is missing")
+        with engine.connect() as conn:
             last = conn.execute(select(events.c.hash).where(events.c.position == head)).scalar()
         if last != head_hash:
-            return VerifyResult(False, result.checked, head, "head row does not match the log")
-    if result.ok and result.erased:
+            return _broken(start, head, "head row does not match the log")
+    if erased:
         unrecorded = first_unrecorded_erasure(engine, start)
         if unrecorded is not None:
-            return VerifyResult(
-                False, result.checked, unrecorded, "body erased without a recorded erasure"
-            )
-    return result
+            return _broken(start, unrecorded, "body erased without a recorded erasure")
+    return VerifyResult(True, head - start + 1, erased=erased)
+
+
+def _check_marks(engine: Engine, pending: list[Mark]) -> tuple[int, str] | None:
+    if not pending:
+        return None
+    with engine.connect() as conn:
+        return first_bad_mark(conn, pending)
+
+
+def _broken(start: int, position: int, reason: str) -> VerifyResult:
+    """A failed verification: `checked` counts the intact positions from `start` before
+    the bad one, whichever rule found it."""
+    return VerifyResult(False, max(position - start, 0), position, reason)
+
+
+def _batches(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def first_unrecorded_erasure(engine: Engine, start: int = 1) -> int | None:

@@ -291,6 +291,66 @@ def test_verify_as_a_process_exit_codes(tmp_path, db_url):
     assert "position 2" in one_line(stderr)
 
 
+def test_verify_counts_the_intact_events_before_a_break(tmp_path, db_url, capsys):
+    """A break at a known position: the events before it that were checked, from 1 or
+    from --from, whichever rule found it (the chain, or an erasure nobody recorded)."""
+    cfg = write_config(tmp_path / "hookledger.toml", db_url)
+    populate(db_url)
+    tamper(db_url, "UPDATE events SET event_type = 'forged' WHERE position = 4")
+    capsys.readouterr()
+    cases = [([], "3 events before it are intact"), (["--from", "2"], "positions 2 to 3")]
+    for extra, expected in cases:
+        assert main(["verify", "--config", cfg, *extra]) == 1
+        line = one_line(capsys.readouterr().err)
+        assert "chain broken at position 4" in line and expected in line, line
+    assert main(["verify", "--config", cfg, "--from", "4"]) == 1
+    assert "(no events before it were checked)" in one_line(capsys.readouterr().err)
+
+
+def test_verify_counts_before_an_unrecorded_erasure(tmp_path, db_url, capsys):
+    cfg = write_config(tmp_path / "hookledger.toml", db_url)
+    populate(db_url)
+    engine = make_engine(db_url)
+    try:  # the append-only guard lets a body be erased; only `erase` records it
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE events SET body = NULL WHERE position = 3"))
+    finally:
+        engine.dispose()
+    capsys.readouterr()
+    assert main(["verify", "--config", cfg]) == 1
+    line = one_line(capsys.readouterr().err)
+    assert "position 3" in line and "2 events before it are intact" in line, line
+    assert main(["verify", "--config", cfg, "--from", "2"]) == 1
+    assert "(1 event before it is intact: position 2)" in one_line(capsys.readouterr().err)
+
+
+def test_verify_from_past_the_head_is_a_clear_answer(tmp_path, db_url):
+    made = populate(db_url)
+    env = {"HOOKLEDGER_DATABASE_URL": db_url}
+    up_to_date = run_cli("verify", "--from", str(len(made) + 1), cwd=tmp_path, env=env)
+    assert up_to_date.returncode == 0, up_to_date.stderr
+    assert "nothing to check" in up_to_date.stdout.decode()
+    assert "broken" not in up_to_date.stdout.decode() + up_to_date.stderr.decode()
+    past = run_cli("verify", "--from", str(len(made) + 5), cwd=tmp_path, env=env)
+    assert past.returncode == 2
+    line = one_line(past.stderr.decode())
+    assert f"past the head (position {len(made)})" in line and "broken" not in line, line
+
+
+def test_export_into_a_missing_folder_is_one_line(tmp_path, db_url):
+    populate(db_url)
+    target = tmp_path / "no" / "such" / "folder" / "export.jsonl"
+    done = run_cli(
+        "export", "-o", str(target), cwd=tmp_path, env={"HOOKLEDGER_DATABASE_URL": db_url}
+    )
+    assert done.returncode == 1
+    stderr = done.stderr.decode()
+    assert "Traceback" not in stderr
+    line = one_line(stderr)
+    assert str(target.parent) in line and "No such file or directory" in line, line
+    assert not target.parent.exists()
+
+
 # --- export and import --------------------------------------------------------------
 
 

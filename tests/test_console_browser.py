@@ -372,7 +372,7 @@ def test_read_only_token_sees_no_admin_buttons(server, browser):
 def test_chain_verify_now(server, browser):
     page = new_page(browser, LAPTOP)
     sign_in(page, server, target="/ui/chain")
-    expect(page.locator("#verify-result")).to_contain_text("not verified since")
+    expect(page.locator("#verify-result")).to_contain_text("never verified")
     page.get_by_role("button", name="Verify now").click()
     expect(page.locator("#verify-result")).to_contain_text("intact", timeout=30_000)
     expect(page.locator("#verify-result")).to_contain_text("events checked")

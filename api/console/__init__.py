@@ -26,10 +26,9 @@ KEY_ENV = "HOOKLEDGER_CONSOLE_KEY"  # set by `serve` for its workers; never conf
 
 @dataclass
 class ConsoleState:
-    """Per-process console state: the CSRF signing key and the last chain check."""
+    """Per-process console state: the CSRF signing key."""
 
     key: bytes = field(default_factory=lambda: _shared_key() or os.urandom(32))
-    verify: chain.VerifyRun = field(default_factory=chain.VerifyRun)
 
 
 def _shared_key() -> bytes | None:

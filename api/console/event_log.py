@@ -12,7 +12,7 @@ from sqlalchemy import Connection, Integer, func, literal_column, select
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from api.console import queries
+from api.console import chain, queries
 from api.console.session import ConsoleError, require
 from api.console.templating import ENV, SECURITY_HEADERS, base, render
 from ledger.schema import events
@@ -160,7 +160,7 @@ async def log_page(request: Request) -> Response:
             "sources": list(dict.fromkeys([*configured, *(s.source for s in drawn.series)])),
             "first_page": before is None and after is None,
             "tail_after": max(head, newest),
-            "verify": request.app.state.console.verify.snapshot(),
+            "verify": await chain.last_check(request),
         },
     )
 

@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Row
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.audit import raw_headers
 from api.console import queries
 from api.console.session import ConsoleError, require
 from api.console.templating import SECURITY_HEADERS, render
@@ -157,10 +158,4 @@ async def raw(request: Request) -> Response:
         raise ConsoleError(404, "Not found", f"There is no event at position {position}.")
     if row.body is None:
         raise ConsoleError(410, "Body erased", f"The body of position {position} was erased.")
-    headers = {
-        **SECURITY_HEADERS,
-        "content-type": row.content_type or "application/octet-stream",
-        "content-disposition": f'attachment; filename="event-{position}.bin"',
-        "ledger-position": str(position),
-    }
-    return Response(row.body, headers=headers)
+    return Response(row.body, headers={**SECURITY_HEADERS, **raw_headers(row)})
