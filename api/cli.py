@@ -42,7 +42,7 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     finally:
         engine.dispose()
     for warning in startup_warnings(config):
-        err.print(f"warning: {warning}", style="yellow", markup=False)
+        err.print(f"warning: {warning}", style="yellow")
     if config.path:
         os.environ["HOOKLEDGER_CONFIG"] = os.path.abspath(config.path)
     os.environ["HOOKLEDGER_DATABASE_URL"] = config.database_url
@@ -51,10 +51,7 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     # One console signing key for all worker processes of this server, new at each start.
     os.environ[CONSOLE_KEY_ENV] = secrets.token_hex(32)
     workers = "no projectors" if args.no_projector or not projectors else "projectors in-process"
-    err.print(
-        f"hookledger serving on http://{args.host}:{args.port} (database {where}; {workers})",
-        markup=False,
-    )
+    err.print(f"hookledger serving on http://{args.host}:{args.port} (database {where}; {workers})")
     uvicorn.run(
         "api.app:app_from_env",
         factory=True,
@@ -81,7 +78,7 @@ def _migrate_when_reachable(engine, wait_s: float) -> None:
         except StorageUnavailable as e:
             if time.monotonic() >= deadline:
                 raise
-            err.print(f"waiting for the database: {e}", style="yellow", markup=False)
+            err.print(f"waiting for the database: {e}", style="yellow")
             time.sleep(1.0)
 
 
