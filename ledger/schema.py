@@ -27,6 +27,10 @@ NAMING = {
 
 metadata = MetaData(naming_convention=NAMING)
 
+# Every MetaData whose tables hookledger's migrations create: this one, and the projection
+# registry's (`projections.schema` adds it, keeping the imports one way).
+OWN_METADATA: list[MetaData] = [metadata]
+
 # On SQLite an INTEGER PRIMARY KEY is the rowid itself: no second index to maintain.
 RowId = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -96,3 +100,13 @@ erasures = Table(
     Column("first_position", BigInteger),
     Column("last_position", BigInteger),
 )
+
+
+def own_names() -> frozenset[str]:
+    """Names hookledger's migrations give tables and indexes (plus Alembic's own table)."""
+    names = {"alembic_version"}
+    for meta in OWN_METADATA:
+        for table in meta.tables.values():
+            names.add(table.name)
+            names.update(str(index.name) for index in table.indexes if index.name)
+    return frozenset(names)
