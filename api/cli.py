@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ from api.console import KEY_ENV as CONSOLE_KEY_ENV
 from ledger import cli as ledger_cli
 from ledger.cli import err, is_loopback
 from ledger.config import Config
-from ledger.errors import ConfigError
+from ledger.errors import ConfigError, HookledgerError
 from projections import cli as projections_cli
 
 
@@ -35,6 +36,7 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
             "open to the network. Configure tokens, bind 127.0.0.1, or pass --insecure-no-auth"
         )
     projectors = load_projectors(config)  # a bad definition fails here, in one line
+    _check_can_listen(args.host, args.port)  # before migrating: a busy port changes nothing
     engine = make_engine(config.database_url)
     try:
         _migrate_when_reachable(engine, args.wait_for_db)
@@ -63,6 +65,21 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
         timeout_graceful_shutdown=10,
     )
     return 0
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """Fail in one line when `host:port` cannot be bound (in use, not ours, no such address)."""
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise HookledgerError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as e:
+            raise HookledgerError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 def _migrate_when_reachable(engine, wait_s: float) -> None:

@@ -17,13 +17,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from ledger.db import storage_error
-from ledger.errors import NotMigrated, StatementFailed, StorageUnavailable
+from ledger.errors import NotMigrated, StatementFailed, StorageUnavailable, ValueRefused
 
 log = logging.getLogger("hookledger")
 
 RETRY_AFTER_SECONDS = "2"
 DATABASE_ERRORS = (sa_exc.SQLAlchemyError, sqlite3.Error, psycopg.Error)
-STORAGE_ERRORS = (StorageUnavailable, NotMigrated, StatementFailed, *DATABASE_ERRORS)
+STORAGE_ERRORS = (StorageUnavailable, NotMigrated, StatementFailed, ValueRefused, *DATABASE_ERRORS)
 
 _CODES = {
     400: "bad_request",
@@ -79,6 +79,8 @@ def storage_answer(exc: BaseException, where: str) -> tuple[int, str, str, dict[
         return 503, "storage_unavailable", str(ours), retry
     if isinstance(ours, NotMigrated):
         return 503, "not_migrated", str(ours), retry
+    if isinstance(ours, ValueRefused):
+        return 400, "bad_request", str(ours), None
     log.error("%s: the database refused a statement", where, exc_info=exc)
     if isinstance(ours, StatementFailed):
         return 500, "database_error", str(ours), None

@@ -17,7 +17,13 @@ import psycopg
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
 
-from ledger.errors import HookledgerError, NotMigrated, StatementFailed, StorageUnavailable
+from ledger.errors import (
+    HookledgerError,
+    NotMigrated,
+    StatementFailed,
+    StorageUnavailable,
+    ValueRefused,
+)
 from ledger.schema import own_names
 
 SQLITE_BUSY_MS = 5000
@@ -106,7 +112,7 @@ def storage_error(error: BaseException) -> HookledgerError | None:
 
     The one classification: "the database is away or locked" (StorageUnavailable: 503,
     retry), "the ledger tables are missing" (NotMigrated), "this statement is wrong"
-    (StatementFailed: a bug, 500)."""
+    (StatementFailed: a bug, 500), "this value cannot be bound" (ValueRefused: 400)."""
     if isinstance(error, sa_exc.TimeoutError):
         return StorageUnavailable("database connection pool exhausted")
     if isinstance(error, sa_exc.DBAPIError):
@@ -118,6 +124,8 @@ def storage_error(error: BaseException) -> HookledgerError | None:
     if not isinstance(error, _DRIVER_ERRORS):
         return None
     text = _first_line(error)
+    if isinstance(error, psycopg.DataError) and "nul (0x00)" in text.lower():
+        return ValueRefused("text values cannot contain NUL (\\x00) characters")
     if _missing_ledger_table(error, text.lower()):
         return NotMigrated("the database has no ledger tables: run `hookledger migrate`")
     if _away(error, text.lower()):

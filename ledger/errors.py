@@ -5,6 +5,7 @@
     ├── StorageUnavailable           the database cannot take or serve the request now (HTTP 503)
     ├── NotMigrated                  the database has no ledger schema yet (run `hookledger migrate`)
     ├── StatementFailed              the database refused a statement: a bug, not an outage (HTTP 500)
+    ├── ValueRefused                 a value the database cannot hold, e.g. NUL in PostgreSQL text (400)
     ├── ChainBroken                  the hash chain or a body digest does not match
     └── ImportRefused                an import cannot proceed (ledger not empty, bad line, broken chain)
 
@@ -33,6 +34,11 @@ class NotMigrated(HookledgerError):
 
 class StatementFailed(HookledgerError):
     """Raised when the database refuses a statement (no such column, syntax): retrying is futile."""
+
+
+class ValueRefused(HookledgerError):
+    """Raised when a value cannot be bound at all (PostgreSQL text holds no NUL): the
+    request is wrong, not the server."""
 
 
 class ChainBroken(HookledgerError):

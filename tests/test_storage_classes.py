@@ -151,3 +151,34 @@ def test_a_projection_named_like_one_of_our_tables_is_a_config_error(tmp_path, n
     config = config_from(tmp_path, text_)
     with pytest.raises(ConfigError, match=rf"projections\.{name}: the name is reserved"):
         load_projectors(config)
+
+
+# --- issue 13 item 15: NUL in a filter or key is the request's fault, on every backend ----
+
+
+NUL_URLS = [
+    "/v1/events?source=a%00b",
+    "/v1/events?type=%00",
+    "/v1/rejections?source=%00",
+    "/v1/projections/entities/rows?name=a%00&min_position=1&wait=20",
+    "/v1/projections/entities/rows/customer/1%00?min_position=1&wait=20",
+    "/ui/?source=a%00b",
+]
+
+
+def test_a_nul_in_a_filter_or_key_is_never_a_500(make_client, db_url):
+    client = make_client(entities_toml(columns='{ name = "/data/name" }'))
+    body = b'{"entity": "customer", "id": "1", "version": 1, "data": {"name": "n"}}'
+    assert client.post("/hooks/app", content=body, headers={"x": "y"}).status_code == 202
+    for url in NUL_URLS:
+        r = client.get(url)
+        assert r.status_code < 500, (url, r.status_code, r.text[:300])
+        if db_url.startswith("postgresql"):  # its text cannot hold NUL: the request is wrong
+            assert r.status_code == 400, (url, r.status_code, r.text[:300])
+            if not url.startswith("/ui/"):
+                assert r.json() == {
+                    "error": "bad_request",
+                    "detail": "text values cannot contain NUL (\\x00) characters",
+                }
+            else:
+                assert "NUL" in r.text

@@ -155,7 +155,8 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
 
 async def on_storage(request: Request, exc: Exception) -> Response:
     status, _, detail, headers = storage_answer(exc, f"console page {request.url.path}")
-    title = "Database unavailable" if status == 503 else "Something went wrong"
+    titles = {503: "Database unavailable", 400: "Cannot do that"}
+    title = titles.get(status, "Something went wrong")
     return error_page(request, status, title, detail, headers)
 
 
