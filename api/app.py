@@ -33,7 +33,7 @@ from ledger import migrate
 from ledger.appender import Appender
 from ledger.config import Config, load_config
 from ledger.db import make_engine
-from ledger.errors import HookledgerError
+from ledger.errors import NotMigrated, StorageUnavailable
 from projections.projector import Projector, load_projectors
 from projections.signals import PgListener
 from projections.worker import Worker, WorkerThread
@@ -107,7 +107,7 @@ async def readyz(request: Request) -> Response:
     engine = request.app.state.hl.engine
     try:
         current = await run_in_threadpool(migrate.is_current, engine)
-    except HookledgerError as e:
+    except (StorageUnavailable, NotMigrated) as e:  # a refused statement is a bug: 500
         return error_response(503, "not_ready", str(e), {"Retry-After": "2"})
     if not current:
         return error_response(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ from api.console import KEY_ENV as CONSOLE_KEY_ENV
 from ledger import cli as ledger_cli
 from ledger.cli import err, is_loopback
 from ledger.config import Config
-from ledger.errors import ConfigError
+from ledger.errors import ConfigError, HookledgerError
 from projections import cli as projections_cli
 
 
@@ -36,6 +37,7 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
             "open to the network. Configure tokens, bind 127.0.0.1, or pass --insecure-no-auth"
         )
     projectors = load_projectors(config)  # a bad definition fails here, in one line
+    _check_can_listen(args.host, args.port)  # before migrating: a busy port changes nothing
     engine = make_engine(config.database_url)
     try:
         _migrate_when_reachable(engine, args.wait_for_db)
@@ -43,7 +45,7 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     finally:
         engine.dispose()
     for warning in startup_warnings(config):
-        err.print(f"warning: {warning}", style="yellow", markup=False)
+        err.print(f"warning: {warning}", style="yellow")
     if config.path:
         os.environ["HOOKLEDGER_CONFIG"] = os.path.abspath(config.path)
     os.environ["HOOKLEDGER_DATABASE_URL"] = config.database_url
@@ -54,10 +56,7 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     os.environ[HEAD_TIMEOUT_ENV] = repr(config.server.body_timeout_seconds)
     raise_file_limit()
     workers = "no projectors" if args.no_projector or not projectors else "projectors in-process"
-    err.print(
-        f"hookledger serving on http://{args.host}:{args.port} (database {where}; {workers})",
-        markup=False,
-    )
+    err.print(f"hookledger serving on http://{args.host}:{args.port} (database {where}; {workers})")
     uvicorn.run(
         "api.app:app_from_env",
         factory=True,
@@ -83,6 +82,21 @@ def raise_file_limit(wanted: int = 65536) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
+def _check_can_listen(host: str, port: int) -> None:
+    """Fail in one line when `host:port` cannot be bound (in use, not ours, no such address)."""
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise HookledgerError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as e:
+            raise HookledgerError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
 def _migrate_when_reachable(engine, wait_s: float) -> None:
     """Migrate, waiting up to `wait_s` for a database that is still starting or restarting."""
     from ledger import migrate
@@ -96,7 +110,7 @@ def _migrate_when_reachable(engine, wait_s: float) -> None:
         except StorageUnavailable as e:
             if time.monotonic() >= deadline:
                 raise
-            err.print(f"waiting for the database: {e}", style="yellow", markup=False)
+            err.print(f"waiting for the database: {e}", style="yellow")
             time.sleep(1.0)
 
 

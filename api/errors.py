@@ -1,17 +1,29 @@
 """One error shape for the whole API: {"error": code, "detail": sentence}.
 
-Every failure is mapped here, by exception class, in one place.
+Every failure is mapped here, by exception class, in one place. Database errors
+are classified by `ledger.db.storage_error` wherever they surface, so a route that
+reaches the database without `translated()` answers exactly as one that uses it.
 """
 
 from __future__ import annotations
 
+import logging
+import sqlite3
+
+import psycopg
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ledger.errors import NotMigrated, StorageUnavailable
+from ledger.db import storage_error
+from ledger.errors import NotMigrated, StatementFailed, StorageUnavailable, ValueRefused
+
+log = logging.getLogger("hookledger")
 
 RETRY_AFTER_SECONDS = "2"
+DATABASE_ERRORS = (sa_exc.SQLAlchemyError, sqlite3.Error, psycopg.Error)
+STORAGE_ERRORS = (StorageUnavailable, NotMigrated, StatementFailed, ValueRefused, *DATABASE_ERRORS)
 
 _CODES = {
     400: "bad_request",
@@ -56,14 +68,27 @@ async def on_http_exception(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, detail, exc.headers)
 
 
-async def on_storage_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    return error_response(
-        503, "storage_unavailable", str(exc), {"Retry-After": RETRY_AFTER_SECONDS}
-    )
+def storage_answer(exc: BaseException, where: str) -> tuple[int, str, str, dict[str, str] | None]:
+    """Status, code, detail and headers for a database failure, ours or a driver's.
+
+    Away or locked: 503 with Retry-After. A refused statement (or an unclassified
+    driver error) is a bug: 500 with the database's message, logged with its traceback."""
+    ours = storage_error(exc) if isinstance(exc, DATABASE_ERRORS) else exc
+    retry = {"Retry-After": RETRY_AFTER_SECONDS}
+    if isinstance(ours, StorageUnavailable):
+        return 503, "storage_unavailable", str(ours), retry
+    if isinstance(ours, NotMigrated):
+        return 503, "not_migrated", str(ours), retry
+    if isinstance(ours, ValueRefused):
+        return 400, "bad_request", str(ours), None
+    log.error("%s: the database refused a statement", where, exc_info=exc)
+    if isinstance(ours, StatementFailed):
+        return 500, "database_error", str(ours), None
+    return 500, "internal_error", "an unexpected error occurred; see the server log", None
 
 
-async def on_not_migrated(request: Request, exc: Exception) -> JSONResponse:
-    return error_response(503, "not_migrated", str(exc), {"Retry-After": RETRY_AFTER_SECONDS})
+async def on_storage_error(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(*storage_answer(exc, f"{request.method} {request.url.path}"))
 
 
 async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -74,7 +99,6 @@ async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
 HANDLERS = {
     ApiError: on_api_error,
     HTTPException: on_http_exception,
-    StorageUnavailable: on_storage_unavailable,
-    NotMigrated: on_not_migrated,
+    **dict.fromkeys(STORAGE_ERRORS, on_storage_error),
     Exception: on_unexpected,
 }

@@ -12,13 +12,12 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from api.deadlines import BodyDeadlines
-from api.errors import RETRY_AFTER_SECONDS, ApiError
-from ledger.errors import HookledgerError, NotMigrated, StorageUnavailable
+from api.errors import STORAGE_ERRORS, ApiError, storage_answer
+from ledger.errors import HookledgerError
 from ledger.intake import Received, decide, slack_challenge, unconfigured
 from ledger.store import NewEvent, Rejection
 
 log = logging.getLogger("hookledger.ingest")
-RETRY = {"Retry-After": RETRY_AFTER_SECONDS}
 
 _DETAILS = {
     "missing_signature": "the request carries no signature for this source",
@@ -188,12 +187,10 @@ async def answer(
     except ApiError as e:
         outcome = e.code
         return (*error_answer(e.status, e.code, e.detail, e.headers), e.code)
-    except NotMigrated as e:
-        outcome = "unavailable"
-        return (*error_answer(503, "not_migrated", str(e), RETRY), outcome)
-    except StorageUnavailable as e:
-        outcome = "unavailable"
-        return (*error_answer(503, "storage_unavailable", str(e), RETRY), outcome)
+    except STORAGE_ERRORS as e:
+        status, code, detail, headers = storage_answer(e, f"ingest for {name!r}")
+        outcome = "unavailable" if status == 503 else "error"
+        return (*error_answer(status, code, detail, headers), outcome)
     except Exception:
         log.exception("unexpected error while ingesting a delivery for %r", name)
         detail = "an unexpected error occurred; see the server log"

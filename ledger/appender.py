@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from ledger.db import translated, writer
-from ledger.errors import HookledgerError, StorageUnavailable
+from ledger.errors import HookledgerError, NotMigrated, StorageUnavailable
 from ledger.rejection_lane import RejectionLane
 from ledger.rejections import keep, stored_size
 from ledger.store import Appended, NewEvent, Rejection, append_batch
@@ -189,14 +189,15 @@ class Appender:
                     appended = append_batch(conn, events)
         except Exception as e:
             self._drop_connection()
-            if not isinstance(e, HookledgerError) and len(batch) > 1:
+            outage = isinstance(e, StorageUnavailable | NotMigrated)
+            if not outage and len(batch) > 1:
                 # Not the database being away but something in one item: write them one
                 # by one, so one bad delivery cannot fail the others that shared its batch.
                 log.warning("a batch of %d failed (%s); retrying one by one", len(batch), e)
                 for waiter in batch:
                     self._write([waiter])
                 return
-            if not isinstance(e, HookledgerError):
+            if not outage:
                 log.exception("append failed for a batch of %d", len(batch))
             else:
                 log.warning("append failed for a batch of %d: %s", len(batch), e)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from ledger.cli import err, open_engine, out, positive_int
 from ledger.config import Config
 from ledger.errors import ConfigError, HookledgerError
+from ledger.terminal import text, visible
 
 
 def cmd_events(args: argparse.Namespace, config: Config) -> int:
@@ -44,9 +45,9 @@ def cmd_events(args: argparse.Namespace, config: Config) -> int:
         table.add_row(
             str(r.position),
             iso_from_us(r.received_at_us),
-            r.source,
-            r.event_type or "",
-            r.event_id or "",
+            text(r.source),
+            text(r.event_type),
+            text(r.event_id),
             "erased" if r.body_size is None else str(r.body_size),
             "" if r.duplicate_of is None else str(r.duplicate_of),
         )
@@ -58,6 +59,7 @@ def cmd_events(args: argparse.Namespace, config: Config) -> int:
 
 def _event_show(args: argparse.Namespace, config: Config) -> int:
     import orjson
+    from rich.text import Text
 
     from ledger.db import translated
     from ledger.store import get_event
@@ -67,11 +69,11 @@ def _event_show(args: argparse.Namespace, config: Config) -> int:
     with translated(), engine.connect() as conn:
         row = get_event(conn, args.position)
     if row is None:
-        err.print(f"[red]no event at position {args.position}[/]")
+        err.print(f"no event at position {args.position}", style="red")
         return 1
     if args.raw:
         if row.body is None:
-            err.print(f"[red]the body of position {args.position} was erased[/]")
+            err.print(f"the body of position {args.position} was erased", style="red")
             return 1
         sys.stdout.buffer.write(row.body)
         sys.stdout.buffer.flush()
@@ -91,19 +93,19 @@ def _event_show(args: argparse.Namespace, config: Config) -> int:
         ("hash", row.hash),
     ]
     for name, value in fields:
-        out.print(f"[bold]{name:>13}[/]  {'' if value is None else value}")
-    out.print("[bold]      headers[/]")
+        out.print(Text.assemble((f"{name:>13}", "bold"), "  ", text(value)))
+    out.print("      headers", style="bold")
     for name, value in orjson.loads(row.headers):
-        out.print(f"  {name}: {value}", markup=False)
-    out.print("[bold]         body[/]")
+        out.print(Text.assemble("  ", text(name), ": ", text(value)))
+    out.print("         body", style="bold")
     if row.body is None:
         out.print("  (erased)")
     else:
         try:
-            text = row.body.decode("utf-8")
+            body = row.body.decode("utf-8")
             with contextlib.suppress(orjson.JSONDecodeError):
-                text = orjson.dumps(orjson.loads(row.body), option=orjson.OPT_INDENT_2).decode()
-            out.print(text, markup=False, soft_wrap=True)
+                body = orjson.dumps(orjson.loads(row.body), option=orjson.OPT_INDENT_2).decode()
+            out.print(visible(body, keep="\n\t"), soft_wrap=True)
         except UnicodeDecodeError:
             out.print(f"  ({len(row.body)} bytes, not UTF-8: use --raw)")
     return 0
@@ -133,8 +135,8 @@ def cmd_send(args: argparse.Namespace, config: Config) -> int:
         url += ("&" if "?" in url else "?") + query
     reply = post(url, body, headers)
     style = "green" if 200 <= reply.status < 300 else "red"
-    err.print(f"{reply.status} from {url}", style=style, markup=False)
-    out.print(reply.body.decode("utf-8", "replace"), markup=False, soft_wrap=True)
+    err.print(f"{reply.status} from {url}", style=style)
+    out.print(reply.body.decode("utf-8", "replace"), soft_wrap=True)
     return 0 if 200 <= reply.status < 300 else 1
 
 
@@ -180,11 +182,11 @@ def cmd_rejections(args: argparse.Namespace, config: Config) -> int:
         table.add_row(
             str(r.id),
             iso_from_us(r.received_at_us),
-            r.source,
-            r.reason,
-            r.remote_addr or "",
+            text(r.source),
+            text(r.reason),
+            text(r.remote_addr),
             str(r.body_size),
-            ", ".join(signing),
+            text(", ".join(signing)),
         )
     out.print(table)
     if not rows:

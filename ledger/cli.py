@@ -15,16 +15,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ledger.config import Config, load_config
 from ledger.errors import ConfigError, HookledgerError
-
-# Piped output is not cut to 80 columns: tables stay whole for grep and files.
-_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 1000
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, width=_WIDTH)
+from ledger.terminal import err, out  # text consoles: wire values are never markup
 
 LOOPBACK_NAMES = {"localhost"}
 
@@ -205,8 +200,7 @@ def cmd_erase(args: argparse.Namespace, config: Config) -> int:
         return 0
     err.print(
         f"this erases {planned.count} bodies (positions {planned.first} to {planned.last}); "
-        "their digests, headers and the chain stay",
-        markup=False,
+        "their digests, headers and the chain stay"
     )
     if not args.yes:
         if not sys.stdin.isatty():
@@ -302,11 +296,10 @@ def main(argv: Sequence[str] | None = None, plugins: Sequence[Plugin] = ()) -> i
         config = load_config(getattr(args, "config", None))
         return args.fn(args, config)
     except ConfigError as e:
-        # markup=False: messages quote user input, which may contain [brackets]
-        err.print(f"hookledger: {e}", style="red", markup=False, soft_wrap=True)
+        err.print(f"hookledger: {e}", style="red")  # as text: messages quote user input
         return 2
     except HookledgerError as e:
-        err.print(f"hookledger: {e}", style="red", markup=False, soft_wrap=True)
+        err.print(f"hookledger: {e}", style="red")
         return 1
     except KeyboardInterrupt:
         return 130

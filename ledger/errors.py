@@ -4,11 +4,13 @@
     ├── ConfigError                  a config file or value is wrong (CLI exit 2)
     ├── StorageUnavailable           the database cannot take or serve the request now (HTTP 503)
     ├── NotMigrated                  the database has no ledger schema yet (run `hookledger migrate`)
+    ├── StatementFailed              the database refused a statement: a bug, not an outage (HTTP 500)
+    ├── ValueRefused                 a value the database cannot hold, e.g. NUL in PostgreSQL text (400)
     ├── ChainBroken                  the hash chain or a body digest does not match
     └── ImportRefused                an import cannot proceed (ledger not empty, bad line, broken chain)
 
 Driver exceptions (sqlite3, psycopg) are translated into these at the
-storage boundary (`ledger.store`) and never reach users.
+storage boundary (`ledger.db.translated`, classified by `storage_error`) and never reach users.
 """
 
 from __future__ import annotations
@@ -28,6 +30,15 @@ class StorageUnavailable(HookledgerError):
 
 class NotMigrated(HookledgerError):
     """Raised when the database lacks the ledger tables."""
+
+
+class StatementFailed(HookledgerError):
+    """Raised when the database refuses a statement (no such column, syntax): retrying is futile."""
+
+
+class ValueRefused(HookledgerError):
+    """Raised when a value cannot be bound at all (PostgreSQL text holds no NUL): the
+    request is wrong, not the server."""
 
 
 class ChainBroken(HookledgerError):

@@ -27,6 +27,10 @@ NAMING = {
 
 metadata = MetaData(naming_convention=NAMING)
 
+# Every MetaData whose tables hookledger's migrations create: this one, and the projection
+# registry's (`projections.schema` adds it, keeping the imports one way).
+OWN_METADATA: list[MetaData] = [metadata]
+
 # On SQLite an INTEGER PRIMARY KEY is the rowid itself: no second index to maintain.
 RowId = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -167,3 +171,13 @@ verifications = Table(
     Column("requested_by", Text),
     Column("result", Text),  # JSON: the verdict, or {"error": ...}
 )
+
+
+def own_names() -> frozenset[str]:
+    """Names hookledger's migrations give tables and indexes (plus Alembic's own table)."""
+    names = {"alembic_version"}
+    for meta in OWN_METADATA:
+        for table in meta.tables.values():
+            names.add(table.name)
+            names.update(str(index.name) for index in table.indexes if index.name)
+    return frozenset(names)

@@ -17,6 +17,7 @@ from ledger.config import Config
 from ledger.db import translated
 from ledger.errors import ConfigError
 from ledger.store import read_head
+from ledger.terminal import text
 from projections import registry
 from projections.projector import Projector, load_projectors
 from projections.signals import PgListener
@@ -72,17 +73,19 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     for e in entries:
         rebuild = e["rebuild"]
         table.add_row(
-            e["name"],
+            text(e["name"]),
             "-" if e["version"] is None else str(e["version"]),
-            e["state"],
+            text(e["state"]),
             str(e["position"]),
             str(e["head"]),
             str(e["lag"]),
             str(e["rows"]),
-            _rebuild_cell(rebuild),
-            ""
-            if e["last_error"] is None
-            else f"@{e['last_error']['position']}: {e['last_error']['error']}",
+            text(_rebuild_cell(rebuild)),
+            text(
+                ""
+                if e["last_error"] is None
+                else f"@{e['last_error']['position']}: {e['last_error']['error']}"
+            ),
         )
     out.print(table)
     if not entries:
@@ -144,7 +147,8 @@ def _follow(engine, projector: Projector, version: int) -> int:
                 row = rows.get(version)
                 if row is None or row.status == "abandoned":
                     err.print(
-                        f"[red]{projector.name}: version {version} was replaced by a newer build[/]"
+                        f"{projector.name}: version {version} was replaced by a newer build",
+                        style="red",
                     )
                     return 1
                 elapsed = max(time.time() - row.build_started_at_us / 1e6, 1e-3)
@@ -152,7 +156,7 @@ def _follow(engine, projector: Projector, version: int) -> int:
                     task, completed=row.position, total=max(head, 1), rate=row.position / elapsed
                 )
                 if row.state == "failed":
-                    err.print(f"[red]{projector.name}: rebuild halted: {row.last_error}[/]")
+                    err.print(f"{projector.name}: rebuild halted: {row.last_error}", style="red")
                     return 1
                 if row.status in ("live", "retired"):
                     break

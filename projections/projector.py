@@ -34,23 +34,20 @@ from sqlalchemy.dialects.sqlite.base import SQLiteIdentifierPreparer
 
 from ledger.config import Config
 from ledger.errors import ConfigError
+from ledger.schema import own_names
 from projections.declarative import KEPT, Definition, HandlerError, RowState, fold, keys_of
 from projections.indexes import add_sort_indexes
 from projections.model import Event
 from projections.python import Projection, file_digest, load_class, source_file
 from projections.table_sql import RowSql, row_sql
 
-RESERVED_NAMES = {
-    "events",
-    "ledger_head",
-    "rejections",
-    "rejection_usage",
-    "rejection_counts",
-    "alembic_version",
-    "projection_versions",
-    "projection_leases",
-    "projection_errors",
-}
+
+def reserved_names() -> frozenset[str]:
+    """Names a projection (a SQL view) cannot take: hookledger's own tables and indexes,
+    derived from the metadata the migrations build, never restated by hand."""
+    import projections.schema  # noqa: F401  (adds the registry's metadata to OWN_METADATA)
+
+    return own_names()
 
 
 MAX_NAME = 40  # p_<name>_v<version> and stage_p_<name>_v<version> stay under 63 bytes
@@ -364,8 +361,11 @@ def load_projectors(config: Config) -> dict[str, Projector]:
                 f"{where}: projections.{name}: names are lower-case letters, digits and _ "
                 "(the name is also a SQL view)"
             )
-        if name in RESERVED_NAMES or name.startswith("p_"):
-            raise ConfigError(f"{where}: projections.{name}: the name is reserved")
+        if name in reserved_names() or name.startswith("p_"):
+            raise ConfigError(
+                f"{where}: projections.{name}: the name is reserved (hookledger's own tables, "
+                "their indexes, and p_* are taken): choose another"
+            )
         if len(name) > MAX_NAME:
             raise ConfigError(
                 f"{where}: projections.{name}: names are at most {MAX_NAME} characters (its "

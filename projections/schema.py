@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, Table, Text, text
 
-from ledger.schema import NAMING, RowId
+from ledger.schema import NAMING, OWN_METADATA, RowId
 
 metadata = MetaData(naming_convention=NAMING)
+OWN_METADATA.append(metadata)
 
 # One row per built or building version of each projection.
 #   status: building -> live -> retired (or abandoned, when a newer build replaced it)

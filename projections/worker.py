@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from sqlalchemy import Engine, Row
 
 from ledger.db import translated, writer
-from ledger.errors import HookledgerError
+from ledger.errors import HookledgerError, StatementFailed
 from ledger.store import read_head
 from projections import registry
 from projections.model import Event
@@ -110,6 +110,9 @@ class Worker:
         while not self._stop.is_set():
             try:
                 busy = self.run_once()
+            except StatementFailed:  # a bug, not an outage: keep its traceback
+                log.exception("projector pass failed, retrying")
+                busy = False
             except HookledgerError as e:
                 log.warning("projector pass failed, retrying: %s", e)
                 busy = False

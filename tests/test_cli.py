@@ -550,3 +550,39 @@ def test_serve_refuses_a_public_address_without_tokens(tmp_path, host):
     assert "tokens" in line
     assert "--insecure-no-auth" in line
     assert not db.exists()  # refused before touching anything
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["migrate"], ["events"], ["events", "show", "1"], ["verify"], ["status"], ["export"]],
+)
+def test_a_file_that_is_not_sqlite_is_one_line_and_exit_1(tmp_path, argv):
+    not_sqlite = tmp_path / "README.md"
+    not_sqlite.write_text("# hookledger\n\nA webhook ledger, and not a database at all.\n" * 20)
+    before = not_sqlite.read_bytes()
+    result = run_cli(
+        *argv, cwd=tmp_path, env={"HOOKLEDGER_DATABASE_URL": f"sqlite:///{not_sqlite}"}
+    )
+    stderr = result.stderr.decode()
+    assert result.returncode == 1, stderr
+    assert "Traceback" not in stderr
+    assert "file is not a database" in one_line(stderr)
+    assert not_sqlite.read_bytes() == before
+
+
+def test_serve_on_a_port_in_use_is_one_line_before_migrating(tmp_path):
+    import socket
+
+    db = tmp_path / "serve.db"
+    cfg = write_config(tmp_path / "hookledger.toml", f"sqlite:///{db}")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("serve", "--config", cfg, "--port", str(port), cwd=tmp_path, timeout=30)
+    stderr = result.stderr.decode()
+    assert result.returncode == 1, stderr
+    assert "Traceback" not in stderr
+    line = one_line(stderr)
+    assert f"cannot listen on 127.0.0.1:{port}" in line and "in use" in line
+    assert not db.exists()  # refused before migrating anything

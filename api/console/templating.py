@@ -15,8 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from api.console import session
-from api.errors import ApiError
-from ledger.errors import NotMigrated, StorageUnavailable
+from api.errors import STORAGE_ERRORS, ApiError, storage_answer
 from ledger.timefmt import iso_from_us
 
 log = logging.getLogger("hookledger.console")
@@ -155,7 +154,10 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
 
 
 async def on_storage(request: Request, exc: Exception) -> Response:
-    return error_page(request, 503, "Database unavailable", str(exc), {"Retry-After": "2"})
+    status, _, detail, headers = storage_answer(exc, f"console page {request.url.path}")
+    titles = {503: "Database unavailable", 400: "Cannot do that"}
+    title = titles.get(status, "Something went wrong")
+    return error_page(request, status, title, detail, headers)
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:
@@ -175,7 +177,6 @@ HANDLERS = {
     session.SignInRequired: on_sign_in_required,
     ApiError: on_api_error,
     HTTPException: on_http_exception,
-    StorageUnavailable: on_storage,
-    NotMigrated: on_storage,
+    **dict.fromkeys(STORAGE_ERRORS, on_storage),
     Exception: on_unexpected,
 }
