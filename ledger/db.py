@@ -93,6 +93,32 @@ def translated() -> Iterator[None]:
         raise StorageUnavailable("database connection pool exhausted") from e
 
 
+_SQLITE_AWAY = (
+    "locked",
+    "busy",
+    "unable to open",
+    "disk i/o",
+    "disk is full",
+    "closed database",
+    "interrupted",
+)
+_PG_AWAY_CLASSES = ("08", "53", "57", "58", "40", "55P03")
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Is this driver error the database being away or locked (retry), not a wrong statement?"""
+    error = getattr(error, "orig", None) or error
+    if isinstance(error, psycopg.Error):
+        state = error.sqlstate
+        if state is None:
+            return isinstance(error, psycopg.OperationalError | psycopg.InterfaceError)
+        return state.startswith(_PG_AWAY_CLASSES)
+    if isinstance(error, sqlite3.Error):
+        text = str(error).lower()
+        return any(word in text for word in _SQLITE_AWAY)
+    return isinstance(error, sa_exc.TimeoutError | sa_exc.DisconnectionError)
+
+
 def _raise_ours(error: BaseException, operational: bool) -> None:
     """NotMigrated or StorageUnavailable for a driver error that is one of those."""
     text = str(error).lower()

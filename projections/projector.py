@@ -70,6 +70,7 @@ class Projector:
     source: str | None
     types: tuple[str, ...] | None
     tombstones: bool = False
+    stored_definition: str | None = None  # kept with each version, to apply it as it was built
 
     def build_table(self, table_name: str) -> Table:
         """The table of one version, named `table_name`."""
@@ -101,6 +102,7 @@ class DeclarativeProjector(Projector):
         self.on_error = definition.on_error
         self.source = definition.source
         self.types = definition.types
+        self.stored_definition = definition.to_json()
 
     def build_table(self, table_name: str) -> Table:
         d = self.definition

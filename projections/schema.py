@@ -11,6 +11,8 @@ metadata = MetaData(naming_convention=NAMING)
 # One row per built or building version of each projection.
 #   status: building -> live -> retired (or abandoned, when a newer build replaced it)
 #   state:  running | failed (halted on a handler error until `projections retry`)
+#   definition: a declarative version's own definition (JSON), applied until it is retired
+#   dropped_at_us: when a retired or abandoned version's table was gone (dropped in steps)
 projection_versions = Table(
     "projection_versions",
     metadata,
@@ -29,6 +31,8 @@ projection_versions = Table(
     Column("swapped_at_us", BigInteger),
     Column("diff", Text),
     Column("last_error", Text),
+    Column("definition", Text),
+    Column("dropped_at_us", BigInteger),
 )
 
 # Who works a projection: one holder at a time, taken over when `expires_at_us` passes.
