@@ -90,13 +90,27 @@ def diff_tables(
 ) -> dict[str, int] | None:
     """Rows added, removed and changed from `old` to `new` (tombstones count as absent).
 
-    Rows are matched on the primary key: when the key changed they cannot be, and the
-    diff is None. Changed rows are those where a column both tables have, with the same
-    type, differs; added, removed or retyped columns are not compared."""
+    Rows are matched on the primary key. When the key changed no row can be matched: every
+    row of the old version counts as removed, every row of the new one as added, and the
+    diff says `keys_changed`. Changed rows are those where a column both tables have, with
+    the same type, differs; added, removed or retyped columns are not compared."""
     old_keys = [c.name for c in old.primary_key.columns]
     new_keys = [c.name for c in new.primary_key.columns]
+
+    def present(t):
+        return t.c.deleted.is_(False) if tombstones and "deleted" in t.c else True
+
     if not old_keys or old_keys != new_keys:
-        return None
+        return {
+            "added": conn.execute(
+                select(func.count()).select_from(new).where(present(new))
+            ).scalar(),
+            "removed": conn.execute(
+                select(func.count()).select_from(old).where(present(old))
+            ).scalar(),
+            "changed": 0,
+            "keys_changed": True,
+        }
     skip = {"position", "version", "deleted"} if tombstones else set()
     dialect = conn.dialect
 
@@ -111,9 +125,6 @@ def diff_tables(
         for c in new.columns
         if c.name in old.c and c.name not in old_keys and c.name not in skip and same_type(c.name)
     ]
-
-    def present(t):
-        return t.c.deleted.is_(False) if tombstones and "deleted" in t.c else True
 
     o = old.alias("o")
     n = new.alias("n")
