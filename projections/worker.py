@@ -99,6 +99,7 @@ class Worker:
         self._renew_after: dict[str, float] = {}
         self._owns: dict[tuple[str, int, str], Projector | None] = {}
         self._pacers: dict[tuple, Pacer] = {}
+        self.longest_hold_s = 0.0  # the longest write transaction so far (SPEC 6: ~0.25 s)
 
     # --- control ---------------------------------------------------------------
 
@@ -255,6 +256,7 @@ class Worker:
                     conn.rollback()
                     return False
         pacer.record(upto - start, watch.seconds)
+        self.longest_hold_s = max(self.longest_hold_s, watch.seconds)
         self._applied()
         pacer.breathe(self.engine.dialect.name)
         return True
@@ -320,6 +322,7 @@ class Worker:
                 if not swap.switch(conn, projector.name, building, position, live):
                     conn.rollback()
                     return False
+            self.longest_hold_s = max(self.longest_hold_s, watch.seconds)
             log.info(
                 "%s: version %d is live (switch held %.3f s)",
                 projector.name,
@@ -349,6 +352,7 @@ class Worker:
         """One bounded step of dropping a retired or abandoned version's table."""
         pacer = self._pacers.setdefault((row.name, row.version, "drop"), swap.drop_pacer())
         done = self._guard(row, lambda: swap.drop_step(self.engine, row, pacer))
+        self.longest_hold_s = max(self.longest_hold_s, pacer.last_hold_s)
         if done:
             log.info("%s: dropped the table of version %d", row.name, row.version)
         pacer.breathe(self.engine.dialect.name)
