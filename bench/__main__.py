@@ -1,9 +1,11 @@
-"""The benchmarks, one entry point: `python -m bench {ingest,rebuild,latency} [options]`.
+"""The benchmarks, one entry point: `python -m bench COMMAND [options]`.
 
 - ingest: durable signed deliveries per second against the ceiling and the tutorial
   receivers (writes docs/performance.md with `--output`);
 - rebuild: `hookledger rebuild` against a hand-written upsert loop (`bench.rebuild`);
-- latency: catch-up and point-read latencies (`bench.latency`).
+- latency: catch-up and point-read latencies (`bench.latency`);
+- rebuild-ingest: ingest latency and errors while a big projection rebuilds
+  (`bench.rebuild_ingest`).
 
 Each command's own options: `python -m bench COMMAND --help`.
 """
@@ -18,7 +20,11 @@ from collections.abc import Sequence
 from bench import ingest
 
 # Commands that parse their own options: the module's main(argv) runs them.
-DELEGATED = {"rebuild": "bench.rebuild", "latency": "bench.latency"}
+DELEGATED = {
+    "rebuild": "bench.rebuild",
+    "latency": "bench.latency",
+    "rebuild-ingest": "bench.rebuild_ingest",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
