@@ -46,7 +46,7 @@ format: $(VENV)/.installed
 # hookledger, a bare Starlette ceiling and the tutorial receivers (writes the generated part of
 # the doc and its chart), then rebuild against a hand loop and a set-based SQL ceiling on SQLite
 # and on a throwaway PostgreSQL, then the catch-up and point-read latencies (their tables print
-# to the terminal).
+# to the terminal), then ingest latency during a rebuild of a 1M-event projection.
 bench: $(VENV)/.installed
 	@command -v wrk >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; }
 	$(VENV)/bin/pip install --quiet -e '.[test,bench]'
@@ -54,6 +54,7 @@ bench: $(VENV)/.installed
 	$(PY) -m bench rebuild --events 1000000
 	$(PY) -m bench rebuild --events 300000 --postgres
 	$(PY) -m bench latency --count 2000
+	$(PY) -m bench rebuild-ingest --events 1000000
 
 clean:
 	rm -rf $(VENV) data build *.egg-info
