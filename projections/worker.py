@@ -99,6 +99,7 @@ class Worker:
         self._renew_after: dict[str, float] = {}
         self._owns: dict[tuple[str, int, str], Projector | None] = {}
         self._pacers: dict[tuple, Pacer] = {}
+        self._undroppable: set[tuple] = set()
         self.longest_hold_s = 0.0  # the longest write transaction so far (SPEC 6: ~0.25 s)
 
     # --- control ---------------------------------------------------------------
@@ -350,8 +351,21 @@ class Worker:
 
     def _drop(self, row: Row) -> bool:
         """One bounded step of dropping a retired or abandoned version's table."""
-        pacer = self._pacers.setdefault((row.name, row.version, "drop"), swap.drop_pacer())
-        done = self._guard(row, lambda: swap.drop_step(self.engine, row, pacer))
+        key = (row.name, row.version, "drop")
+        if key in self._undroppable:
+            return False
+        pacer = self._pacers.setdefault(key, swap.drop_pacer())
+        try:
+            done = swap.drop_step(self.engine, row, pacer)
+        except HookledgerError:
+            raise
+        except Exception as e:
+            if is_unavailable(e):
+                raise
+            # the live version is not concerned: say so once, leave the table to an operator
+            log.exception("%s: cannot drop the table of version %d", row.name, row.version)
+            self._undroppable.add(key)
+            return False
         self.longest_hold_s = max(self.longest_hold_s, pacer.last_hold_s)
         if done:
             log.info("%s: dropped the table of version %d", row.name, row.version)
