@@ -107,12 +107,13 @@ _PG_AWAY_CLASSES = ("08", "53", "57", "58", "40", "55P03")
 
 def is_unavailable(error: BaseException) -> bool:
     """Is this driver error the database being away or locked (retry), not a wrong statement?"""
+    if getattr(error, "connection_invalidated", False):
+        return True
     error = getattr(error, "orig", None) or error
-    if isinstance(error, psycopg.Error):
-        state = error.sqlstate
-        if state is None:
-            return isinstance(error, psycopg.OperationalError | psycopg.InterfaceError)
-        return state.startswith(_PG_AWAY_CLASSES)
+    if isinstance(error, psycopg.Error):  # psycopg calls a wrong statement a ProgrammingError
+        if isinstance(error, psycopg.OperationalError | psycopg.InterfaceError):
+            return True
+        return (error.sqlstate or "").startswith(_PG_AWAY_CLASSES)
     if isinstance(error, sqlite3.Error):
         text = str(error).lower()
         return any(word in text for word in _SQLITE_AWAY)
