@@ -47,9 +47,9 @@ format: $(VENV)/.installed
 # Every benchmark in one run (about 25 minutes; docs/performance.md): ingest with wrk against
 # hookledger, a bare Starlette ceiling and the tutorial receivers (writes the generated part of
 # the doc and its chart), then rebuild against a hand loop and a set-based SQL ceiling on SQLite
-# and on a throwaway PostgreSQL, then the catch-up and point-read latencies, then the read
-# requests at 100k, 1M and 3M imported events (about 20 more minutes; their tables print to
-# the terminal).
+# and on a throwaway PostgreSQL, then the catch-up and point-read latencies (their tables print
+# to the terminal), then ingest latency during a rebuild of a 1M-event projection, then the read
+# requests at 100k, 1M and 3M imported events (about 20 more minutes).
 bench: $(VENV)/.installed
 	@command -v wrk >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; }
 	$(VENV)/bin/pip install --quiet -e '.[test,bench]'
@@ -57,6 +57,7 @@ bench: $(VENV)/.installed
 	$(PY) -m bench rebuild --events 1000000
 	$(PY) -m bench rebuild --events 300000 --postgres
 	$(PY) -m bench latency --count 2000
+	$(PY) -m bench rebuild-ingest --events 1000000
 	$(PY) -m bench scale --sizes 100k,1M,3M
 
 clean:

@@ -1,4 +1,4 @@
-"""The benchmarks, one entry point: `python -m bench {ingest,rebuild,latency,flood,appender,scale} [options]`.
+"""The benchmarks, one entry point: `python -m bench COMMAND [options]`.
 
 - ingest: durable signed deliveries per second against the ceiling and the tutorial
   receivers (writes docs/performance.md with `--output`);
@@ -7,6 +7,8 @@
 - flood: real ingest latency beside a flood of bad signatures (`bench.flood`).
 - appender: `append_batch` and its commit on their own, CPU per delivery (`bench.appender`).
 - scale: read requests at 100k, 1M and 3M events, built by import (`bench.scale`).
+- rebuild-ingest: ingest latency and errors while a big projection rebuilds
+  (`bench.rebuild_ingest`).
 
 Each command's own options: `python -m bench COMMAND --help`.
 """
@@ -27,6 +29,7 @@ DELEGATED = {
     "flood": "bench.flood",
     "appender": "bench.appender",
     "scale": "bench.scale",
+    "rebuild-ingest": "bench.rebuild_ingest",
 }
 
 

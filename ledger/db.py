@@ -151,5 +151,12 @@ def _missing_ledger_table(error: BaseException, text: str) -> bool:
     return found is not None and found.group(1) in own_names()
 
 
+def is_unavailable(error: BaseException) -> bool:
+    """Is this error the database being away or locked (retry), not a wrong statement?"""
+    if isinstance(error, StorageUnavailable):
+        return True
+    return isinstance(storage_error(error), StorageUnavailable)
+
+
 def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]

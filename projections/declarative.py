@@ -67,6 +67,20 @@ class Definition:
     def column_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
 
+    def to_json(self) -> str:
+        """The definition as stored with its version (`projection_versions.definition`)."""
+        return orjson.dumps(asdict(self), option=orjson.OPT_SORT_KEYS).decode()
+
+    @classmethod
+    def from_json(cls, text: str) -> Definition:
+        """A definition stored by `to_json`, as it was when its version was created."""
+        doc = orjson.loads(text)
+        for name in ("key", "key_columns", "delete_on", "types"):
+            if doc.get(name) is not None:
+                doc[name] = tuple(doc[name])
+        doc["columns"] = tuple(ColumnSpec(**c) for c in doc["columns"])
+        return cls(**doc)
+
     @classmethod
     def parse(cls, name: str, raw: Mapping[str, Any], where: str) -> Definition:
         """Validate `[projections.NAME]`; errors name `where` (file) and the key."""

@@ -78,6 +78,7 @@ class Projector:
     source: str | None
     types: tuple[str, ...] | None
     tombstones: bool = False
+    stored_definition: str | None = None  # kept with each version, to apply it as it was built
 
     def build_table(self, table_name: str) -> Table:
         """The table of one version, named `table_name`."""
@@ -114,6 +115,7 @@ class DeclarativeProjector(Projector):
         self.on_error = definition.on_error
         self.source = definition.source
         self.types = definition.types
+        self.stored_definition = definition.to_json()
 
     def build_table(self, table_name: str) -> Table:
         d = self.definition

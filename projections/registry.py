@@ -11,17 +11,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
 from sqlalchemy import (
     Connection,
     Engine,
     Row,
-    Table,
-    Text,
-    and_,
-    cast,
     func,
-    or_,
     select,
     update,
 )
@@ -58,8 +52,13 @@ def versions(conn: Connection, name: str | None = None) -> list[Row]:
 
 def active(conn: Connection, name: str) -> tuple[Row | None, Row | None]:
     """(live, building) versions of a projection."""
+    return active_of(versions(conn, name))
+
+
+def active_of(rows: Sequence[Row]) -> tuple[Row | None, Row | None]:
+    """(live, building) among a projection's registry rows, newest first."""
     live = building = None
-    for row in versions(conn, name):
+    for row in rows:
         if row.status == "live" and live is None:
             live = row
         elif row.status == "building" and building is None:
@@ -126,17 +125,32 @@ def create_version(conn: Connection, projector: Projector, reason: str) -> Row:
             created_at_us=stamp,
             build_total=head,
             build_started_at_us=stamp,
+            definition=projector.stored_definition,
         )
     )
     return conn.execute(select(V).where(V.c.name == projector.name, V.c.version == version)).one()
 
 
 def abandon(conn: Connection, row: Row) -> None:
-    """Give up a building version (superseded): drop its table, keep its registry row."""
+    """Give up a building version (superseded); the worker drops its table in steps."""
     conn.execute(
         update(V).where(V.c.name == row.name, V.c.version == row.version).values(status="abandoned")
     )
-    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {_quote(conn, row.table_name)}")
+
+
+def undropped(rows: Sequence[Row]) -> list[Row]:
+    """Retired or abandoned versions whose table is still to be dropped."""
+    return [r for r in rows if r.status in ("retired", "abandoned") and r.dropped_at_us is None]
+
+
+def fail(conn: Connection, row: Row, error: str, traceback: str | None) -> None:
+    """Mark a version failed by an engine error (not a handler's), visible everywhere."""
+    conn.execute(
+        update(V)
+        .where(V.c.name == row.name, V.c.version == row.version, V.c.status.in_(ACTIVE))
+        .values(state="failed", last_error=error)
+    )
+    record_errors(conn, row.name, row.version, [(row.position + 1, error, traceback)])
 
 
 def ensure_current(engine: Engine, projector: Projector) -> Row | None:
@@ -273,96 +287,3 @@ def release_lease(engine: Engine, name: str, owner: str) -> None:
                 projection_leases.c.name == name, projection_leases.c.owner == owner
             )
         )
-
-
-# --- swap and diff --------------------------------------------------------------
-
-
-def _quote(conn: Connection, identifier: str) -> str:
-    return conn.dialect.identifier_preparer.quote(identifier)
-
-
-def diff_tables(
-    conn: Connection, old: Table, new: Table, tombstones: bool
-) -> dict[str, int] | None:
-    """Rows added, removed and changed from `old` to `new` (tombstones count as absent)."""
-    old_keys = [c.name for c in old.primary_key.columns]
-    new_keys = [c.name for c in new.primary_key.columns]
-    if old_keys != new_keys:
-        return None
-    skip = {"position", "version", "deleted"} if tombstones else set()
-    common = [
-        c.name
-        for c in new.columns
-        if c.name in old.c and c.name not in old_keys and c.name not in skip
-    ]
-
-    def present(t: Table):
-        return t.c.deleted.is_(False) if tombstones and "deleted" in t.c else True
-
-    o = old.alias("o")
-    n = new.alias("n")
-    join_on = and_(*(o.c[k] == n.c[k] for k in old_keys))
-
-    def count(query) -> int:
-        return conn.execute(select(func.count()).select_from(query.subquery())).scalar() or 0
-
-    added = count(
-        select(n.c[new_keys[0]])
-        .select_from(n.outerjoin(o, and_(join_on, present(o))))
-        .where(present(n), o.c[old_keys[0]].is_(None))
-    )
-    removed = count(
-        select(o.c[old_keys[0]])
-        .select_from(o.outerjoin(n, and_(join_on, present(n))))
-        .where(present(o), n.c[new_keys[0]].is_(None))
-    )
-    differs = [cast(n.c[c], Text).is_distinct_from(cast(o.c[c], Text)) for c in common]
-    changed = 0
-    if differs:
-        changed = count(
-            select(n.c[new_keys[0]])
-            .select_from(n.join(o, join_on))
-            .where(present(n), present(o), or_(*differs))
-        )
-    return {"added": added, "removed": removed, "changed": changed}
-
-
-def swap(conn: Connection, projector: Projector, building: Row, live: Row | None) -> dict | None:
-    """Make `building` the live version: view and registry in one transaction, old table dropped.
-
-    The caller owns the transaction. Returns the diff against the old version."""
-    if not advance(
-        conn,
-        building.name,
-        building.version,
-        building.position,
-        building.position,
-        status="live",
-        swapped_at_us=now_us(),
-    ):
-        return None
-    diff = None
-    view = _quote(conn, projector.name)
-    if live is not None:
-        old_table = projector.build_table(live.table_name)
-        old_table = Table(
-            live.table_name, old_table.metadata, autoload_with=conn, extend_existing=True
-        )
-        new_table = projector.build_table(building.table_name)
-        diff = diff_tables(conn, old_table, new_table, projector.tombstones)
-        conn.execute(
-            update(V)
-            .where(V.c.name == live.name, V.c.version == live.version)
-            .values(status="retired")
-        )
-    conn.exec_driver_sql(f"DROP VIEW IF EXISTS {view}")
-    conn.exec_driver_sql(f"CREATE VIEW {view} AS SELECT * FROM {_quote(conn, building.table_name)}")
-    if live is not None:
-        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {_quote(conn, live.table_name)}")
-    conn.execute(
-        update(V)
-        .where(V.c.name == building.name, V.c.version == building.version)
-        .values(diff=None if diff is None else orjson.dumps(diff).decode())
-    )
-    return diff

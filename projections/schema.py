@@ -13,6 +13,8 @@ OWN_METADATA.append(metadata)
 #   status: building -> live -> retired (or abandoned, when a newer build replaced it)
 #   state:  running | failed (halted on a handler error until `projections retry`)
 #   row_count: the version's rows, tombstones excluded, moved in each batch's transaction
+#   definition: a declarative version's own definition (JSON), applied until it is retired
+#   dropped_at_us: when a retired or abandoned version's table was gone (dropped in steps)
 projection_versions = Table(
     "projection_versions",
     metadata,
@@ -32,6 +34,8 @@ projection_versions = Table(
     Column("diff", Text),
     Column("last_error", Text),
     Column("row_count", BigInteger, nullable=False, server_default=text("0")),
+    Column("definition", Text),
+    Column("dropped_at_us", BigInteger),
 )
 
 # Who works a projection: one holder at a time, taken over when `expires_at_us` passes.

@@ -43,8 +43,8 @@ def describe(conn: Connection, projector: Projector, head: int) -> dict[str, Any
     live, building = registry.active(conn, projector.name)
     current = live or building
     position = current.position if current is not None else 0
-    if current is not None and current.state == "failed":
-        state = "failed"
+    if any(v is not None and v.state == "failed" for v in (live, building)):
+        state = "failed"  # a failed rebuild too: it will never swap in until retried
     elif live is None or head - live.position >= CATCHING_UP_LAG:
         state = "catching_up"
     else:

@@ -15,22 +15,26 @@ import os
 import socket
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterable
 
-from sqlalchemy import Engine, Row
+from sqlalchemy import Connection, Engine, Row
 
-from ledger.db import translated, writer
+from ledger.db import _first_line, is_unavailable, translated, writer
 from ledger.errors import HookledgerError, StatementFailed
 from ledger.store import read_head
-from projections import registry
+from projections import registry, swap
 from projections.model import Event
+from projections.pacing import Pacer, Stopwatch
 from projections.projector import Projector, gc_paused
+from projections.versioned import own_projector
 
 log = logging.getLogger("hookledger.projector")
 
 LIVE_BATCH = 1000
 REBUILD_BATCH = 10_000
+FIRST_BATCH = 1000  # a version's batches start here and grow while they stay short
 LEASE_TTL_S = 5.0
 IDLE_POLL_S = 1.0
 
@@ -93,6 +97,10 @@ class Worker:
         self._stop = threading.Event()
         self._ensured: set[str] = set()
         self._renew_after: dict[str, float] = {}
+        self._owns: dict[tuple[str, int, str], Projector | None] = {}
+        self._pacers: dict[tuple, Pacer] = {}
+        self._undroppable: set[tuple] = set()
+        self.longest_hold_s = 0.0  # the longest write transaction so far (SPEC 6: ~0.25 s)
 
     # --- control ---------------------------------------------------------------
 
@@ -170,76 +178,204 @@ class Worker:
                     "%s: building version %d (%s)", projector.name, created.version, created.reason
                 )
         with self.engine.connect() as conn:
-            live, building = registry.active(conn, projector.name)
+            rows = registry.versions(conn, projector.name)
+            live, building = registry.active_of(rows)
             head, _ = read_head(conn)
+            live_p = self._own(conn, live, projector)
+            building_p = self._own(conn, building, projector)
+        live_runs = live is not None and live.state == "running" and live_p is not None
+        builds = building is not None and building.state == "running" and building_p is not None
+        if builds:
+            pacer = self._pacer(building, self.rebuild_batch)
+            if head - building.position <= pacer.size and (
+                not live_runs or live.position == building.position
+            ):
+                return self._guard(building, lambda: self.finish(building_p, building, live))
         busy = False
-        if live is not None and live.state == "running" and live.position < head:
-            busy |= self.step(projector, live, head, self.live_batch)
-        if building is not None and building.state == "running":
-            if building.position < head:
-                busy |= self.step(projector, building, head, self.rebuild_batch)
-            elif live is None or live.state == "failed" or live.position == building.position:
-                busy |= self.finish(projector, building, live)
+        if live_runs and live.position < head:
+            pacer = self._pacer(live, self.live_batch)
+            busy |= self._guard(live, lambda: self.step(live_p, live, head, pacer))
+        if builds and building.position < head:
+            pacer = self._pacer(building, self.rebuild_batch)
+            busy |= self._guard(building, lambda: self.step(building_p, building, head, pacer))
+        for retired in registry.undropped(rows):
+            busy |= self._drop(retired)
         return busy
 
-    def step(self, projector: Projector, version: Row, head: int, batch: int) -> bool:
-        """Apply one batch to one version, checkpoint included, in one transaction."""
-        # The batch's objects all die with `_step`, before the collector is back on:
+    def _own(self, conn, row: Row | None, projector: Projector) -> Projector | None:
+        """The projector a version is applied with (its own definition), cached per version."""
+        if row is None:
+            return None
+        key = (row.name, row.version, projector.fingerprint)
+        if key not in self._owns:
+            own = own_projector(conn, row, projector)
+            if own is None:
+                log.warning(
+                    "%s v%d: built with another definition that cannot be applied any more: "
+                    "it keeps serving what it has until the new version swaps in",
+                    row.name,
+                    row.version,
+                )
+            self._owns[key] = own
+        return self._owns[key]
+
+    def _pacer(self, row: Row, maximum: int) -> Pacer:
+        key = (row.name, row.version)
+        if key not in self._pacers:
+            self._pacers[key] = Pacer(size=min(maximum, FIRST_BATCH), maximum=maximum)
+        return self._pacers[key]
+
+    def _guard(self, row: Row, action: Callable[[], bool]) -> bool:
+        """Run one version's work; an error other than the database being away fails that
+        version (state `failed`, with the error) instead of being retried forever."""
+        try:
+            return action()
+        except HookledgerError:
+            raise
+        except Exception as e:
+            if is_unavailable(e):
+                raise
+            message = f"{type(getattr(e, 'orig', None) or e).__name__}: {_first_line(e)}"
+            log.exception("%s v%d failed: %s", row.name, row.version, message)
+            with translated(), writer(self.engine.connect()) as conn, conn.begin():
+                registry.fail(conn, row, message, traceback.format_exc())
+            return True
+
+    def step(self, projector: Projector, version: Row, head: int, batch: int | Pacer) -> bool:
+        """Apply one batch to one version, checkpoint included, in one transaction.
+
+        The batch is sized by time (a `Pacer`; an int is a fixed size): the transaction
+        holds the write lock briefly."""
+        pacer = batch if isinstance(batch, Pacer) else Pacer(size=batch, maximum=batch)
+        # The batch's objects all die with the step, before the collector is back on:
         # it need not walk thousands of parsed documents (see gc_paused).
         with gc_paused():
-            return self._step(projector, version, head, batch)
-
-    def _step(self, projector: Projector, version: Row, head: int, batch: int) -> bool:
-        start = version.position
-        upto = min(head, start + batch)
-        with self.engine.connect() as conn:
-            batch_events = read_events(conn, projector, start, upto)
-        table = projector.build_table(version.table_name)
-        with writer(self.engine.connect()) as conn, conn.begin():
-            if not registry.advance(conn, version.name, version.version, start, upto):
-                log.warning(
-                    "%s v%d: checkpoint moved under us; lease lost", version.name, version.version
-                )
-                conn.rollback()
-                return False
-            outcome = projector.apply(conn, table, batch_events)
-            registry.count_rows(
-                conn, version.name, version.version, outcome.rows_added, outcome.rows_total
-            )
-            registry.record_errors(conn, version.name, version.version, outcome.errors)
-            if outcome.errors:
-                last = outcome.errors[-1]
-                values = {"last_error": f"position {last[0]}: {last[1]}"}
-                if outcome.halted_at is not None:
-                    values["state"] = "failed"
-                    registry.advance(
-                        conn, version.name, version.version, upto, outcome.halted_at - 1, **values
-                    )
-                    log.error(
-                        "%s v%d halted at position %d: %s",
-                        version.name,
-                        version.version,
-                        outcome.halted_at,
-                        last[1],
-                    )
-                else:
-                    registry.advance(conn, version.name, version.version, upto, upto, **values)
+            start = version.position
+            upto = min(head, start + pacer.size)
+            with self.engine.connect() as conn:
+                batch_events = read_events(conn, projector, start, upto)
+            with writer(self.engine.connect()) as conn, Stopwatch() as watch, conn.begin():
+                moved = self._apply(conn, projector, version, start, upto, batch_events)
+                if moved is None:
+                    conn.rollback()
+                    return False
+        pacer.record(upto - start, watch.seconds)
+        self.longest_hold_s = max(self.longest_hold_s, watch.seconds)
         self._applied()
+        pacer.breathe(self.engine.dialect.name)
         return True
 
-    def finish(self, projector: Projector, building: Row, live: Row | None) -> bool:
-        """Swap a caught-up build in and report how it differs from the old version."""
-        with writer(self.engine.connect()) as conn, conn.begin():
-            diff = registry.swap(conn, projector, building, live)
-        log.info(
-            "%s: version %d is live%s",
-            projector.name,
-            building.version,
-            f" (rows added {diff['added']}, removed {diff['removed']}, changed {diff['changed']})"
-            if diff
-            else "",
+    def _apply(
+        self,
+        conn: Connection,
+        projector: Projector,
+        version: Row,
+        start: int,
+        upto: int,
+        batch_events: list[Event],
+    ) -> int | None:
+        """Apply events (start, upto] and move the checkpoint, in the caller's transaction.
+
+        Returns the new checkpoint (less than `upto` when a handler error halted the
+        version), or None when the checkpoint had moved (lease lost)."""
+        if not registry.advance(conn, version.name, version.version, start, upto):
+            log.warning(
+                "%s v%d: checkpoint moved under us; lease lost", version.name, version.version
+            )
+            return None
+        table = projector.build_table(version.table_name)
+        outcome = projector.apply(conn, table, batch_events)
+        registry.count_rows(
+            conn, version.name, version.version, outcome.rows_added, outcome.rows_total
         )
-        self._applied()
+        registry.record_errors(conn, version.name, version.version, outcome.errors)
+        if not outcome.errors:
+            return upto
+        last = outcome.errors[-1]
+        values = {"last_error": f"position {last[0]}: {last[1]}"}
+        if outcome.halted_at is None:
+            registry.advance(conn, version.name, version.version, upto, upto, **values)
+            return upto
+        values["state"] = "failed"
+        registry.advance(conn, version.name, version.version, upto, outcome.halted_at - 1, **values)
+        log.error(
+            "%s v%d halted at position %d: %s",
+            version.name,
+            version.version,
+            outcome.halted_at,
+            last[1],
+        )
+        return outcome.halted_at - 1
+
+    def finish(self, projector: Projector, building: Row, live: Row | None) -> bool:
+        """Swap a caught-up build in, then report how it differs from the old version.
+
+        The write transaction runs only the last catch-up and the switch. The diff reads
+        a snapshot taken just before it, without the lock; the old table is dropped in
+        steps afterwards (`work`)."""
+        with swap.snapshot(self.engine) as before:
+            with writer(self.engine.connect()) as conn, Stopwatch() as watch, conn.begin():
+                head, _ = read_head(conn)
+                position = building.position
+                if head > position:
+                    batch_events = read_events(conn, projector, position, head)
+                    position = self._apply(conn, projector, building, position, head, batch_events)
+                    if position is None:
+                        conn.rollback()
+                        return False
+                    if position < head:  # halted: the build failed, the live version stays
+                        self._applied()
+                        return True
+                if not swap.switch(conn, projector.name, building, position, live):
+                    conn.rollback()
+                    return False
+            self.longest_hold_s = max(self.longest_hold_s, watch.seconds)
+            log.info(
+                "%s: version %d is live (switch held %.3f s)",
+                projector.name,
+                building.version,
+                watch.seconds,
+            )
+            self._applied()
+            diff = None
+            if live is not None:
+                old = swap.reflect(before, live.table_name)
+                new = swap.reflect(before, building.table_name)
+                diff = swap.diff_tables(before, old, new, projector.tombstones)
+        swap.record_diff(self.engine, building, diff)
+        if diff is not None:
+            log.info(
+                "%s: version %d differs from version %d: rows added %d, removed %d, changed %d",
+                projector.name,
+                building.version,
+                live.version,
+                diff["added"],
+                diff["removed"],
+                diff["changed"],
+            )
+        return True
+
+    def _drop(self, row: Row) -> bool:
+        """One bounded step of dropping a retired or abandoned version's table."""
+        key = (row.name, row.version, "drop")
+        if key in self._undroppable:
+            return False
+        pacer = self._pacers.setdefault(key, swap.drop_pacer())
+        try:
+            done = swap.drop_step(self.engine, row, pacer)
+        except HookledgerError:
+            raise
+        except Exception as e:
+            if is_unavailable(e):
+                raise
+            # the live version is not concerned: say so once, leave the table to an operator
+            log.exception("%s: cannot drop the table of version %d", row.name, row.version)
+            self._undroppable.add(key)
+            return False
+        self.longest_hold_s = max(self.longest_hold_s, pacer.last_hold_s)
+        if done:
+            log.info("%s: dropped the table of version %d", row.name, row.version)
+        pacer.breathe(self.engine.dialect.name)
         return True
 
     def _applied(self) -> None:

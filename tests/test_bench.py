@@ -169,3 +169,14 @@ def test_the_scale_table_reports_each_size_as_a_ratio_to_the_first():
     table = scale.table([100_000, 1_000_000], results)
     assert "| request | 100k | 1M |" in table
     assert "| `GET /ui/` | 10.0 ms | 100.0 ms (10.00x) |" in table
+
+
+def test_rebuild_ingest_summary_counts_every_answer_but_202_and_the_tail():
+    from bench.rebuild_ingest import summary
+
+    samples = [(float(i), float(i + 1), 202) for i in range(100)]
+    samples[10] = (10.0, 5000.0, 503)  # a stall and its error both show
+    samples[11] = (11.0, 3.0, 0)  # a connection error is not a 202 either
+    s = summary(samples)
+    assert (s["deliveries"], s["non_202"], s["max_ms"]) == (100, 2, 5000.0)
+    assert s["p50_ms"] == 51.5 and s["p99_ms"] == 5000.0  # 1..100 with 11, 12 replaced

@@ -434,7 +434,8 @@ def test_rebuild_answers_202_and_swaps_in_version_2_with_the_same_rows(make_clie
 
     def swapped() -> bool:
         p = projection(c, "entities")
-        return p["version"] == 2 and p["rebuild"] is None
+        # the diff is computed just after the switch, outside the write lock (SPEC 6)
+        return p["version"] == 2 and p["rebuild"] is None and p["last_swap"]["diff"] is not None
 
     assert wait_until(swapped, 10)
     entry = projection(c, "entities")

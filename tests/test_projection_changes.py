@@ -1,0 +1,258 @@
+"""A changed definition builds a new version beside the live one, which keeps its own shape
+and keeps serving fresh reads until the swap; then reads come from the new one. Every kind of
+change, on SQLite and PostgreSQL, with the worker running in its thread (SPEC 5, 6)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import orjson
+import pytest
+from sqlalchemy import Column, Connection, Integer, MetaData, Table, Text, select, text
+
+from projections import registry
+from projections.python import Projection
+from projections.status import status
+from projections.worker import Worker, WorkerThread
+from tests.helpers import append, new_event
+from tests.projection_support import ENTITIES, drain, projectors_for
+
+KEYS = 40
+
+
+def body(i: int, key: int | None = None) -> bytes:
+    k = i % KEYS if key is None else key
+    return orjson.dumps(
+        {
+            "entity": "customer",
+            "id": f"c{k}",
+            "version": i,
+            "data": {"name": f"n{i}", "n": i, "m": f"m{i}"},
+        }
+    )
+
+
+def events(start: int, count: int) -> list:
+    return [new_event(body(i), event_type="data_updated") for i in range(start, start + count)]
+
+
+class Counts(Projection):
+    """Events per type."""
+
+    version = 1
+    types = ("data_updated",)
+
+    def table(self, metadata: MetaData, name: str) -> Table:
+        return Table(
+            name,
+            metadata,
+            Column("event_type", Text, primary_key=True),
+            Column("count", Integer, nullable=False),
+        )
+
+    def apply(self, conn: Connection, table: Table, batch) -> None:
+        count = conn.execute(select(table.c.count)).scalar()
+        if count is None:
+            conn.execute(table.insert().values(event_type="data_updated", count=len(batch)))
+        else:
+            conn.execute(table.update().values(count=count + len(batch)))
+
+
+class CountsWithLast(Counts):
+    """Events per type and the last position seen: a column the first table lacks."""
+
+    def table(self, metadata: MetaData, name: str) -> Table:
+        return Table(
+            name,
+            metadata,
+            Column("event_type", Text, primary_key=True),
+            Column("count", Integer, nullable=False),
+            Column("last", Integer, nullable=False),
+        )
+
+    def apply(self, conn: Connection, table: Table, batch) -> None:
+        count = conn.execute(select(table.c.count)).scalar()
+        last = batch[-1].position
+        if count is None:
+            conn.execute(
+                table.insert().values(event_type="data_updated", count=len(batch), last=last)
+            )
+        else:
+            conn.execute(table.update().values(count=count + len(batch), last=last))
+
+
+def columns(**extra) -> dict:
+    return dict(ENTITIES, columns=extra)
+
+
+NAME_N = {"name": "/data/name", "n": {"path": "/data/n", "type": "integer"}}
+DECLARATIVE_CHANGES = {
+    "column added": (columns(**NAME_N), columns(**NAME_N, m="/data/m"), {"m"}, set()),
+    "column removed": (columns(**NAME_N), columns(name="/data/name"), set(), {"n"}),
+    "column retyped": (
+        columns(**NAME_N),
+        columns(name="/data/name", n={"path": "/data/n", "type": "number"}),
+        set(),
+        set(),
+    ),
+    "key changed": (columns(**NAME_N), dict(columns(**NAME_N), key=["/id"]), set(), {"entity"}),
+}
+EXPECTED_DIFF = {
+    "column added": {"added": 0, "removed": 0, "changed": 0},
+    "column removed": {"added": 0, "removed": 0, "changed": 0},
+    "column retyped": {"added": 0, "removed": 0, "changed": 0},  # a retyped column is not compared
+    # rows cannot be matched across keys: all 40 old rows removed, all 40 new ones added
+    "key changed": {"added": KEYS, "removed": KEYS, "changed": 0, "keys_changed": True},
+}
+
+
+def read_view(engine, name: str) -> tuple[int, list[str], list[dict]]:
+    """(live version, the view's columns, its rows), from one version.
+
+    PostgreSQL resolves a view with the latest catalog whatever the isolation level: the
+    registry is read before and after the view, and a read that straddles a swap is retried
+    (as `projections.query.live_view` does)."""
+    while True:
+        with engine.connect() as conn:
+            before, _ = registry.active(conn, name)
+            result = conn.execute(text(f"SELECT * FROM {name}"))
+            keys = list(result.keys())
+            rows = [dict(zip(keys, r, strict=True)) for r in result]
+            after, _ = registry.active(conn, name)
+        if before.version == after.version:
+            return before.version, keys, rows
+
+
+def run_change(engine, before: dict, after: dict, rebuild_batch: int = 5):
+    """Build `before`, start a worker on `after`, keep appending; yield the observations."""
+    append(engine, events(0, 400))
+    drain(Worker(engine, before, owner="first"))
+    for name in before:
+        registry.release_lease(engine, name, "first")
+    worker = Worker(engine, after, owner="second", rebuild_batch=rebuild_batch, idle_poll=0.05)
+    thread = WorkerThread(worker)
+    seen: list[tuple[int, list[str], list[dict]]] = []
+    stop = threading.Event()
+    appended = [400]
+
+    def writer() -> None:
+        while not stop.is_set():
+            append(engine, events(appended[0], 3))
+            appended[0] += 3
+            time.sleep(0.02)
+
+    feeder = threading.Thread(target=writer)
+    thread.start()
+    feeder.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            seen.append(read_view(engine, "entities" if "entities" in after else "counts"))
+            if seen[-1][0] == 2:
+                break
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        feeder.join()
+    try:
+        drain_thread(engine, after)
+    finally:
+        thread.stop()
+    return seen, appended[0]
+
+
+def drain_thread(engine, projectors: dict) -> None:
+    """Wait until the running worker has applied every appended event to the live version."""
+    name = next(iter(projectors))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        (entry,) = status(engine, projectors)
+        if entry["lag"] == 0 and entry["rebuild"] is None:
+            with engine.connect() as conn:
+                rows = registry.versions(conn, name)
+            live, _ = registry.active_of(rows)
+            if live.diff is not None and not registry.undropped(rows):
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"never caught up: {status(engine, projectors)}")
+
+
+@pytest.mark.parametrize("change", list(DECLARATIVE_CHANGES))
+def test_a_declarative_change_builds_and_swaps_while_the_old_version_keeps_serving(engine, change):
+    old, new, added, removed = DECLARATIVE_CHANGES[change]
+    before = projectors_for(entities=old)
+    after = projectors_for(entities=new)
+    seen, total = run_change(engine, before, after)
+
+    old_columns = set(seen[0][1])
+    new_columns = set(seen[-1][1])
+    assert seen[-1][0] == 2, "the new version never swapped in"
+    assert new_columns == (old_columns | added) - removed
+    # until the swap, reads came from version 1, in its own shape, and kept advancing
+    served_old = [s for s in seen if s[0] == 1]
+    assert served_old and all(set(s[1]) == old_columns for s in served_old)
+    newest = max(max(r["position"] for r in s[2]) for s in served_old)
+    assert newest > 400, "the live version stopped advancing after the change"
+
+    _, columns_now, rows = read_view(engine, "entities")
+    assert set(columns_now) == new_columns
+    last = {f"c{i % KEYS}": i for i in range(total)}
+    assert {
+        r["id"]: r["data"] if not isinstance(r["data"], str) else orjson.loads(r["data"])
+        for r in rows
+    } == {k: {"name": f"n{i}", "n": i, "m": f"m{i}"} for k, i in last.items()}
+    if "m" in new_columns:
+        assert {r["id"]: r["m"] for r in rows} == {k: f"m{i}" for k, i in last.items()}
+    if "n" in new_columns:
+        assert {r["id"]: r["n"] for r in rows} == {k: i for k, i in last.items()}
+
+    (entry,) = status(engine, after)
+    assert (entry["state"], entry["version"], entry["lag"], entry["errors"]) == ("live", 2, 0, 0)
+    assert entry["last_swap"]["diff"] == EXPECTED_DIFF[change]
+    with engine.connect() as conn:
+        retired = registry.versions(conn, "entities")[-1]
+    assert (retired.version, retired.status) == (1, "retired")
+    assert retired.dropped_at_us is not None  # its table was dropped, in steps
+
+
+def test_a_python_table_change_builds_and_swaps(engine):
+    before = projectors_for(counts={"class": "tests.test_projection_changes:Counts"})
+    after = projectors_for(counts={"class": "tests.test_projection_changes:CountsWithLast"})
+    seen, total = run_change(engine, before, after)
+
+    assert seen[0][1] == ["event_type", "count"]
+    assert seen[-1][0] == 2 and seen[-1][1] == ["event_type", "count", "last"]
+    # the old version kept its shape (and its rows) until the swap
+    bad = [s for s in seen[:-1] if s[1] != ["event_type", "count"] or s[2][0]["count"] < 400]
+    assert not bad, bad[:3]
+    _, _, rows = read_view(engine, "counts")
+    assert rows == [{"event_type": "data_updated", "count": total, "last": total}]
+    (entry,) = status(engine, after)
+    assert (entry["state"], entry["version"], entry["lag"], entry["errors"]) == ("live", 2, 0, 0)
+    # the old version stopped at 400 events: its one row's count differs from the new one's
+    assert entry["last_swap"]["diff"] == {"added": 0, "removed": 0, "changed": 1}
+
+
+def test_a_definition_stored_with_its_version_round_trips(engine):
+    append(engine, events(0, 3))
+    projectors = projectors_for(entities=columns(**NAME_N))
+    drain(Worker(engine, projectors, owner="w"))
+    with engine.connect() as conn:
+        (live,) = registry.versions(conn, "entities")
+    definition = projectors["entities"].definition
+    assert type(definition).from_json(live.definition) == definition
+
+
+def test_a_statement_error_fails_the_version_visibly_rather_than_retrying_as_an_outage(engine):
+    with engine.begin() as conn:  # a table where the projection's view must go
+        conn.execute(text("CREATE TABLE entities (x INTEGER)"))
+    append(engine, events(0, 5))
+    projectors = projectors_for(entities=columns(**NAME_N))
+    drain(Worker(engine, projectors, owner="w"))
+    (entry,) = status(engine, projectors)
+    assert entry["state"] == "failed"
+    assert entry["rebuild"]["state"] == "failed"
+    error = entry["rebuild"]["last_error"]
+    assert "unavailable" not in error and ("DROP TABLE" in error or "not a view" in error), error
+    assert entry["last_error"]["error"] == error and entry["errors"] == 1
