@@ -111,7 +111,7 @@ def export_lines(count: int, now_us: int | None = None) -> Iterator[bytes]:
             "body_sha256": digest.hex(),
             "content_type": "application/json",
             "remote_addr": "127.0.0.1",
-            "verification": "none",
+            "verification": "unverified",
             "duplicate_of": None,
             "hash": previous.hex(),
             "secret_index": None,

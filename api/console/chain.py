@@ -23,8 +23,20 @@ from ledger.store import read_head
 
 def snapshot(job: verify_job.Job | None) -> dict[str, Any]:
     """What the pages and `/ui/chain.json` show of the running or last verification."""
-    if job is None:
-        return {"running": False, "checked": 0, "total": 0, "percent": 0.0, "result": None}
+    if job is None:  # never verified: the same keys, empty
+        return {
+            "running": False,
+            "checked": 0,
+            "total": 0,
+            "percent": 0.0,
+            "state": None,
+            "from": None,
+            "head": None,
+            "started_us": None,
+            "finished_us": None,
+            "result": None,
+            "by": None,
+        }
     doc = job.doc()
     return {
         "running": job.running,
