@@ -196,12 +196,17 @@ def rejection_doc(row: Any) -> dict[str, Any]:
 
 async def list_rejections(request: Request) -> Response:
     require(request, "read")
-    params.check_known(request, {"source", "cursor", "limit"})
+    params.check_known(request, {"source", "reason", "cursor", "limit"})
     limit = params.limit(request)
+    reason = request.query_params.get("reason")  # empty is no reason either: a 400
+    problem = None if reason is None else rejections.unknown_reason(reason)
+    if problem is not None:
+        raise params.bad(problem)
     rows = await _read(
         request.app.state.hl,
         rejections.list_rejections,
         source=request.query_params.get("source") or None,
+        reason=reason,
         before=params.integer(request, "cursor", None, 1, params.MAX_INT),
         limit=limit,
     )

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from api.params import MAX_INT
+from ledger.rejections import REASONS
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -349,10 +350,16 @@ PATHS: dict[str, dict[str, Any]] = {
             [
                 _param("source", "query", STR, "only this source"),
                 _param(
+                    "reason",
+                    "query",
+                    {"type": "string", "enum": list(REASONS)},
+                    "only this reason (any other value is a 400)",
+                ),
+                _param(
                     "cursor",
                     "query",
                     {"type": "integer", "minimum": 1, "maximum": MAX_INT},
-                    "the `next` cursor",
+                    "the `next` cursor (send the same `source` and `reason` with it)",
                 ),
                 LIMIT,
             ],

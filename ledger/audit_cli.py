@@ -161,6 +161,10 @@ def cmd_rejections(args: argparse.Namespace, config: Config) -> int:
     from ledger.db import translated, writer
     from ledger.timefmt import iso_from_us
 
+    if args.rejections_cmd != "prune" and args.reason is not None:
+        problem = rejections.unknown_reason(args.reason)
+        if problem is not None:
+            raise ConfigError(f"--reason: {problem}")
     engine = open_engine(config)
     if args.rejections_cmd == "prune":
         cutoff = None

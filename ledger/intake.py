@@ -16,6 +16,7 @@ import orjson
 
 from ledger.chain import REDACTED, canonical_headers
 from ledger.config import SourceConfig
+from ledger.rejections import SOURCE_NOT_CONFIGURED
 from ledger.store import NewEvent, Rejection
 from ledger.verifiers import SCHEMES, Delivery, extract
 
@@ -112,7 +113,7 @@ def unconfigured(source: SourceConfig, req: Received, redact: frozenset[str]) ->
     return Rejection(
         source=source.name,
         received_at_us=req.received_at_us,
-        reason="source_not_configured",
+        reason=SOURCE_NOT_CONFIGURED,
         detail=f"environment variable {source.secret_env} is not set",
         remote_addr=req.remote_addr,
         query=stored_query(source, req.query),

@@ -15,6 +15,15 @@ from sqlalchemy import Connection, Row, func, select, text
 
 from ledger.schema import REJECTION_BODY_BYTES, rejection_counts, rejection_usage, rejections
 from ledger.store import Rejection
+from ledger.verifiers import BAD_SIGNATURE, FUTURE_TIMESTAMP, MISSING_SIGNATURE, STALE_TIMESTAMP
+
+SOURCE_NOT_CONFIGURED = "source_not_configured"  # the source's secret variable is unset
+# Every reason a rejection is stored with: the verifiers' refusals, and the one above.
+# `GET /v1/rejections?reason=` and `hookledger rejections --reason` refuse any other.
+REASONS: tuple[str, ...] = (
+    *(str(v.reason) for v in (MISSING_SIGNATURE, BAD_SIGNATURE, STALE_TIMESTAMP, FUTURE_TIMESTAMP)),
+    SOURCE_NOT_CONFIGURED,
+)
 
 Tally = dict[tuple[str, str], list[int]]  # (source, reason) -> [refused, unrecorded]
 EVICT_CHUNK = 256  # oldest rows read per step while making room
@@ -146,6 +155,14 @@ def usage(conn: Connection) -> Usage:
     """The running totals, unlocked (for metrics)."""
     found = conn.execute(select(rejection_usage).where(rejection_usage.c.id == 1)).first()
     return Usage(found.bytes, found.rows, found.evicted) if found else Usage(0, 0, 0)
+
+
+def unknown_reason(reason: str) -> str | None:
+    """The sentence refusing `reason` as a filter, or None when it is one of `REASONS`
+    (a typo must not silently match nothing)."""
+    if reason in REASONS:
+        return None
+    return f"unknown reason {reason!r} (expected one of: {', '.join(REASONS)})"
 
 
 def list_rejections(

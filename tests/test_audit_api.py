@@ -394,6 +394,48 @@ def test_rejections_newest_first_with_cursor_paging(make_client):
     assert c.get("/v1/ledger").json()["head"] == 0
 
 
+OTHER_SIGNED = """
+[sources.other]
+verifier = "hmac-sha256"
+secret_env = "SIGNED_SECRET"
+signature_header = "X-Signature"
+"""
+
+
+def test_rejections_filter_by_reason_alone_with_source_and_across_pages(make_client):
+    c = make_client(SOURCES + OTHER_SIGNED, env=TOKEN_ENV)
+    made = []  # (source, reason, body), oldest first
+    for i in range(12):
+        source = ("signed", "other")[i % 2]
+        reason = "missing_signature" if i % 3 == 0 else "bad_signature"
+        headers = {} if reason == "missing_signature" else {"X-Signature": "00"}
+        assert_error(c.post(f"/hooks/{source}", content=b"%d" % i, headers=headers), 401, reason)
+        made.append((source, reason, str(i)))
+    newest_first = list(reversed(made))
+    for reason in ("bad_signature", "missing_signature"):
+        for source in (None, "signed", "other"):
+            want = [
+                m for m in newest_first if m[1] == reason and (source is None or m[0] == source)
+            ]
+            assert want
+            query = {"reason": reason, **({"source": source} if source else {})}
+            for limit in (1, 2, 100):
+                seen = walk(c, "/v1/rejections", "rejections", limit=limit, **query)
+                assert [(r["source"], r["reason"], r["body"]) for r in seen] == want
+    # a cursor from one filter's page resumes that filter, not the whole table
+    page = c.get("/v1/rejections", params={"reason": "missing_signature", "limit": 1}).json()
+    rest = c.get(
+        "/v1/rejections", params={"reason": "missing_signature", "cursor": page["next"]}
+    ).json()
+    assert {r["reason"] for r in rest["rejections"]} == {"missing_signature"}
+    assert len(page["rejections"]) + len(rest["rejections"]) == 4
+    assert c.get("/v1/rejections?reason=stale_timestamp").json()["rejections"] == []
+    for bogus in ("", "bogus", "BAD_SIGNATURE", "bad_signature%00"):
+        doc = assert_error(c.get(f"/v1/rejections?reason={bogus}"), 400, "bad_request")
+        for valid in ("missing_signature", "bad_signature", "source_not_configured"):
+            assert valid in doc["detail"]
+
+
 # --- health and routing -------------------------------------------------------------
 
 

@@ -140,6 +140,35 @@ def test_rejections_print_wire_text_as_text(tmp_path, engine, capsys):
     assert CLOSE in shown and LINK in shown and f"x-{SHOWN_RED}-sign" in shown
 
 
+def test_rejections_filter_by_reason_and_refuse_an_unknown_one(tmp_path, engine, capsys):
+    from ledger.db import writer
+    from ledger.rejections import keep
+    from ledger.store import Rejection
+
+    def rejected(reason: str, body: bytes) -> Rejection:
+        return Rejection(
+            source="app",
+            received_at_us=1_700_000_000_000_000,
+            reason=reason,
+            headers=canonical_headers([]),
+            query="",
+            body=body,
+            remote_addr="10.0.0.1",
+            detail=None,
+        )
+
+    batch = [rejected("bad_signature", b"x"), rejected("missing_signature", b"yy")]
+    with writer(engine.connect()) as conn, conn.begin():
+        keep(conn, batch, {}, max_bytes=1 << 20)
+    path = config(tmp_path, engine)
+    assert main(["rejections", "--reason", "missing_signature", "--config", path]) == 0
+    shown = capsys.readouterr().out
+    assert "missing_signature" in shown and "bad_signature" not in shown
+    assert main(["rejections", "--reason", "bogus", "--config", path]) == 2
+    said = capsys.readouterr().err
+    assert "unknown reason 'bogus'" in said and "source_not_configured" in said
+
+
 def test_status_prints_a_projection_error_as_text(tmp_path, engine, capsys):
     hostile(engine)
     path = config(tmp_path, engine, '[projections.echo]\nclass = "tests.test_cli_text:Echo"\n')

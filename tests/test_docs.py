@@ -22,3 +22,12 @@ def test_every_server_setting_is_documented():
     text = (DOCS / "configuration.md").read_text()
     for name in ServerConfig.__dataclass_fields__:
         assert f"`server.{name}`" in text, f"docs/configuration.md lacks server.{name}"
+
+
+def test_every_rejection_reason_is_documented_with_the_filter():
+    from ledger.rejections import REASONS
+
+    text = (DOCS / "api.md").read_text()
+    section = text[text.index("### `GET /v1/rejections`") :].split("\n## ", 1)[0]
+    for reason in REASONS:
+        assert f"`{reason}`" in section, f"docs/api.md's /v1/rejections lacks {reason}"

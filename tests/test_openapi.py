@@ -28,6 +28,14 @@ def test_every_route_is_documented_with_its_methods():
     assert served == documented
 
 
+def test_the_rejections_reason_filter_is_documented():
+    from ledger.rejections import REASONS
+
+    params = DOCUMENT["paths"]["/v1/rejections"]["get"]["parameters"]
+    (reason,) = [p for p in params if p["name"] == "reason"]
+    assert reason["in"] == "query" and reason["schema"]["enum"] == list(REASONS)
+
+
 def test_the_document_is_served(make_client):
     client = make_client("")
     assert client.get("/openapi.json").json() == DOCUMENT
