@@ -44,6 +44,15 @@ NULL_INT = {"type": ["integer", "null"]}
 POSITION = {"type": "integer", "minimum": 1, "maximum": 999_999_999_999_999_999}
 LIMIT = _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size")
 AUTH = {"401": _error("missing or wrong bearer token"), "403": _error("token lacks the scope")}
+# The guard's answers (api.guard), added to the operations by `_guarded` below.
+MISDIRECTED = _error(
+    "`misdirected_host`: with no tokens configured, the Host is neither a loopback name "
+    "nor in [server] allowed_hosts"
+)
+CROSS_ORIGIN = (
+    "`cross_origin`: a browser marks this request, sent without a bearer token, as "
+    "coming from another site"
+)
 UNAVAILABLE = {"503": _error("the database is unavailable or not migrated; retry later")}
 NOT_FOUND = {"404": _error("no such thing")}
 BAD = {"400": _error("a parameter is malformed or unknown")}
@@ -494,6 +503,26 @@ PATHS: dict[str, dict[str, Any]] = {
         )
     },
 }
+
+
+def _guarded(paths: dict[str, dict[str, Any]]) -> None:
+    """Add the guard's answers: 421 to every operation, 403 `cross_origin` to every
+    state-changing one it checks (all but GET, HEAD and `POST /hooks/...`), beside the
+    403 of a token lacking the scope where the route has one."""
+    for path, operations in paths.items():
+        for method, op in operations.items():
+            responses = op["responses"]
+            responses["421"] = MISDIRECTED
+            if method in ("get", "head") or path.startswith("/hooks/"):
+                continue
+            if "403" in responses:
+                lacks = responses["403"]["description"]
+                responses["403"] = _error(f"{lacks}; or {CROSS_ORIGIN}")
+            else:
+                responses["403"] = _error(CROSS_ORIGIN)
+
+
+_guarded(PATHS)
 
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",

@@ -28,6 +28,21 @@ def test_every_route_is_documented_with_its_methods():
     assert served == documented
 
 
+def test_the_guards_answers_are_documented():
+    for path, operations in DOCUMENT["paths"].items():
+        for method, op in operations.items():
+            assert "misdirected_host" in op["responses"]["421"]["description"], (path, method)
+            forbidden = op["responses"].get("403", {}).get("description", "")
+            checked = method != "get" and not path.startswith("/hooks/")
+            assert ("cross_origin" in forbidden) == checked, (path, method)
+    verify = DOCUMENT["paths"]["/v1/ledger/verify"]["post"]["responses"]["403"]["description"]
+    assert "lacks the scope" in verify and "cross_origin" in verify
+    assert "403" not in DOCUMENT["paths"]["/hooks/{source}"]["post"]["responses"]
+    assert DOCUMENT["paths"]["/v1/events"]["get"]["responses"]["403"]["description"] == (
+        "token lacks the scope"
+    )
+
+
 def test_the_rejections_reason_filter_is_documented():
     from ledger.rejections import REASONS
 
