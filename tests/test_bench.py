@@ -166,9 +166,12 @@ def test_the_scale_table_reports_each_size_as_a_ratio_to_the_first():
     results = {
         n: {name: n / 100_000 * 0.01 for name, _, _ in scale.REQUESTS} for n in (100_000, 1_000_000)
     }
+    for n in results:
+        results[n][scale.VERIFICATION] = n / 100_000 * 1.5
     table = scale.table([100_000, 1_000_000], results)
     assert "| request | 100k | 1M |" in table
     assert "| `GET /ui/` | 10.0 ms | 100.0 ms (10.00x) |" in table
+    assert f"| `{scale.VERIFICATION}` | 1.50 s | 15.00 s (10.00x) |" in table
 
 
 def test_rebuild_ingest_summary_counts_every_answer_but_202_and_the_tail():
