@@ -27,7 +27,7 @@ from pathlib import Path
 import orjson
 from sqlalchemy import text
 
-from ledger import chain, migrate
+from ledger import body_firsts, chain, migrate
 from ledger.config import Config
 from ledger.db import make_engine, writer
 from ledger.schema import events, ledger_head
@@ -101,6 +101,7 @@ def generate(url: str, count: int) -> None:
                 conn.execute(events.insert(), rows)
         with conn.begin():
             conn.execute(ledger_head.update().values(position=count, hash=previous.hex()))
+            body_firsts.catch_up(conn)
     engine.dispose()
 
 

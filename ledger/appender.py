@@ -9,6 +9,8 @@ Refused deliveries take a lane of their own (`RejectionLane`): written only
 while no delivery waits, in batches of at most REJECTION_BATCH_BYTES, and at
 most REJECTION_DUTY of the time and REJECTION_BYTES_PER_S, so a flood of bad
 signatures cannot slow the log down; `rejections_max_bytes` bounds the table.
+Merging body digests into `body_firsts` (`ledger.body_firsts`) is idle work too:
+done once no delivery has arrived for IDLE_MERGE_S.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
+from ledger import body_firsts
 from ledger.db import translated, writer
 from ledger.errors import HookledgerError, NotMigrated, StorageUnavailable
 from ledger.rejection_lane import RejectionLane
@@ -39,6 +42,8 @@ REJECTION_BYTES_PER_S = 2 * 1024 * 1024  # and at most this many stored bytes a 
 REJECTION_RETRY_S = 1.0  # after a failed rejections write
 REJECTION_WAIT_S = 1.0  # a 401 waits at most this for its rejection to be written
 DEFAULT_REJECTIONS_MAX_BYTES = 64 * 1024 * 1024
+IDLE_MERGE_S = 0.05  # no delivery for this long: merge body digests
+MERGE_RETRY_S = 1.0  # after a failed merge
 _WAKE = object()  # queued when the rejection lane stops being empty
 
 
@@ -65,6 +70,8 @@ class Appender:
         self.rejections_max_bytes = rejections_max_bytes
         self.lane = RejectionLane()
         self._rejections_after = 0.0  # monotonic time before which none are written
+        self._merge_due = False  # appended since the last merge step found nothing to do
+        self._merge_after = 0.0  # monotonic time before which no merge is tried
         self.batches = 0
         self.appended = 0
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # _Waiter, _WAKE, None
@@ -120,10 +127,13 @@ class Appender:
     def _run(self) -> None:
         stop = False
         while not stop:
-            try:  # blocks until there is work, or until rejections may be written
-                first = self._queue.get(timeout=self._rejections_wait())
-            except queue.Empty:  # no delivery waits: the rejections' turn
-                self._write_rejections(REJECTION_BATCH_BYTES)
+            try:  # blocks until there is work, or until idle work may be done
+                first = self._queue.get(timeout=self._idle_wait())
+            except queue.Empty:  # no delivery waits: rejections first, then digests
+                if self.lane and self._rejections_wait() == 0:
+                    self._write_rejections(REJECTION_BATCH_BYTES)
+                elif self._merge_due and time.monotonic() >= self._merge_after:
+                    self._merge_digests()
                 continue
             stop = first is None
             batch = [first] if isinstance(first, _Waiter) else []
@@ -148,6 +158,31 @@ class Appender:
                     late.append(item)
         if late:
             self._settle(late, [None] * len(late), StorageUnavailable("the server stopped"))
+
+    def _idle_wait(self) -> float | None:
+        """Seconds to wait for a delivery before doing idle work; None: wait for one."""
+        waits = [w for w in (self._rejections_wait(), self._merge_wait()) if w is not None]
+        return min(waits) if waits else None
+
+    def _merge_wait(self) -> float | None:
+        if not self._merge_due:
+            return None
+        return max(IDLE_MERGE_S, self._merge_after - time.monotonic())
+
+    def _merge_digests(self) -> None:
+        """One bounded merge step of body digests, in a transaction of its own."""
+        try:
+            with translated():
+                conn = self._connection()
+                with conn.begin():
+                    self._merge_due = body_firsts.merge_step(conn)
+        except Exception as e:
+            self._drop_connection()
+            self._merge_after = time.monotonic() + MERGE_RETRY_S
+            if isinstance(e, HookledgerError):
+                log.warning("could not merge body digests: %s", e)
+            else:
+                log.exception("could not merge body digests")
 
     def _rejections_wait(self) -> float | None:
         """Seconds until rejections may be written; None when there are none."""
@@ -205,6 +240,7 @@ class Appender:
             return
         self.batches += 1
         self.appended += len(appended)
+        self._merge_due = True
         self._settle(batch, list(appended), None)
         if self.on_commit is not None and appended:
             self.on_commit(appended[-1].position, len(appended))

@@ -23,12 +23,12 @@ def alembic_config(engine: Engine) -> AlembicConfig:
     return cfg
 
 
-def upgrade(engine: Engine) -> None:
-    """`alembic upgrade head` on this engine's database (safe to repeat)."""
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """`alembic upgrade <revision>` on this engine's database (safe to repeat)."""
     cfg = alembic_config(engine)
     with translated(), writer(engine.connect()) as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        command.upgrade(cfg, revision)
         conn.commit()
 
 

@@ -54,8 +54,6 @@ events = Table(
     # Outside the chain: which of the source's secrets matched (rotation).
     Column("secret_index", Integer),
     Index(None, "source", "event_id"),
-    # The duplicate lookup by body (SPEC 3): a replay of a body-only-signed delivery.
-    Index(None, "source", "body_sha256"),
     Index(None, "source", "position"),
     Index(None, "event_type", "position"),
     Index(None, "received_at_us"),
@@ -69,6 +67,20 @@ ledger_head = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("position", BigInteger, nullable=False),
     Column("hash", String(64), nullable=False),
+    # How far `body_firsts` covers the log (`ledger.body_firsts`).
+    Column("digests_through", BigInteger, nullable=False, server_default="0"),
+)
+
+# The first position of each (source, body digest) among the events up to
+# `ledger_head.digests_through`: the duplicate lookup by body (SPEC 3), filled in
+# sorted chunks by `ledger.body_firsts.merge` rather than a row per delivery.
+body_firsts = Table(
+    "body_firsts",
+    metadata,
+    Column("source", Text, primary_key=True),
+    Column("body_sha256", String(64), primary_key=True),
+    Column("position", BigInteger, nullable=False),
+    sqlite_with_rowid=False,
 )
 
 # Events per source, kept by every writer in its transaction (one UPSERT a batch), so

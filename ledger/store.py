@@ -8,7 +8,9 @@ Duplicates (SPEC 3, 4.1): a delivery at position N is a duplicate of M, the
 earliest position below N of the same source that has N's event id (when N has
 one) or, when N's verifier signs only the body (`NewEvent.dedup_body`), N's body
 digest; that is the smaller of the two first positions. Both lookups run in the
-append transaction, after the head lock, so concurrent writers agree on M.
+append transaction, after the head lock, so concurrent writers agree on M; the
+body digests are found through `ledger.body_firsts`, which keeps them without an
+index write per delivery.
 `source_counts` is kept here too, one UPSERT per batch: `GET /v1/ledger` reads
 it instead of counting the log.
 """
@@ -17,13 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import psycopg
 from sqlalchemy import Connection, Engine, Row, func, select
 
-from ledger import chain
+from ledger import body_firsts, chain
 from ledger.schema import events, source_counts
 
 META_COLUMNS = [c for c in events.c if c.name not in ("headers", "body")]
@@ -87,8 +90,9 @@ def append_batch(conn: Connection, batch: Sequence[NewEvent]) -> list[Appended]:
     if not batch:
         return []
     wanted = _wanted(batch)
-    position, head_hash, first_id, first_body = _locked_head(conn, wanted)
+    position, head_hash, watermark, first_id, first_body, mine = _locked_head(conn, wanted)
     body_sources = wanted.bodies.keys()
+    staged: body_firsts.Firsts = {}  # this batch's bodies, for `mine` once committed
     previous = bytes.fromhex(head_hash)
     rows: list[tuple] = []
     out: list[Appended] = []
@@ -105,6 +109,8 @@ def append_batch(conn: Connection, batch: Sequence[NewEvent]) -> list[Appended]:
             first = first_body.setdefault((ev.source, ev.body_sha256), position)
             if ev.dedup_body and first != position:
                 duplicate_of = first if duplicate_of is None else min(duplicate_of, first)
+        if mine is not None:
+            staged.setdefault((ev.source, ev.body_sha256), position)
         previous = chain.link(
             previous,
             chain.record(
@@ -142,23 +148,33 @@ def append_batch(conn: Connection, batch: Sequence[NewEvent]) -> list[Appended]:
     # The hot path: straight to the driver, no per-row SQL expression work, and one
     # multi-row INSERT per chunk of rows rather than an executemany: SQLite's driver
     # releases and retakes the GIL around every statement it steps, and PostgreSQL
-    # takes a round trip per statement.
+    # takes a round trip per statement. On SQLite even `exec_driver_sql` is skipped:
+    # its execution context cost 6 µs a statement, seven statements a batch.
     postgres = conn.dialect.name == "postgresql"
     marker = "%s" if postgres else "?"
     chunks = _chunks(rows, PG_INSERT_ROWS if postgres else SQLITE_INSERT_ROWS)
+    run = conn.exec_driver_sql if postgres else sqlite_driver(conn).execute
     for chunk in chunks[:-1]:
-        conn.exec_driver_sql(_insert_sql(marker, len(chunk)), _flat(chunk))
+        run(_insert_sql(marker, len(chunk)), _flat(chunk))
     last = chunks[-1]
     tally = tuple(value for pair in counts.items() for value in pair)
     if postgres:  # the last rows, the head, the counts and the wake-up in one round trip
-        conn.exec_driver_sql(
-            _pg_tail_sql(len(last), len(counts)), (*_flat(last), position, digest, *tally)
-        )
+        run(_pg_tail_sql(len(last), len(counts)), (*_flat(last), position, digest, *tally))
     else:
-        conn.exec_driver_sql(_insert_sql(marker, len(last)), _flat(last))
-        conn.exec_driver_sql(_HEAD_UPDATE_SQL, (position, digest))
-        conn.exec_driver_sql(_counts_sql(marker, len(counts)), tally)
+        run(_insert_sql(marker, len(last)), _flat(last))
+        run(_HEAD_UPDATE_SQL, (position, digest))
+        run(_counts_sql(marker, len(counts)), tally)
+    if mine is not None:
+        mine.stage(position, digest, staged)
+    if position - watermark >= body_firsts.MAX_LAG:  # no idle moment came: merge now
+        body_firsts.merge(conn, watermark, watermark + body_firsts.MERGE_ROWS)
     return out
+
+
+def sqlite_driver(conn: Connection) -> sqlite3.Connection:
+    """The sqlite3 connection under `conn`, for the append path's statements (inside
+    the transaction `conn` began; `ledger.db.translated` maps what it raises)."""
+    return conn.connection.dbapi_connection  # type: ignore[return-value]
 
 
 def add_source_counts(conn: Connection, counts: dict[str, int]) -> None:
@@ -191,6 +207,10 @@ def _flat(rows: list[tuple]) -> tuple:
 
 _HEAD_SQL = "SELECT position, hash FROM ledger_head WHERE id = 1"
 _HEAD_LOCK_SQL = _HEAD_SQL + " FOR UPDATE"  # PostgreSQL: the head row, for this transaction
+# What an append batch reads of the head: its position and hash, and how far the body
+# digests have been merged into body_firsts (`ledger.body_firsts`).
+_APPEND_HEAD_SQL = "SELECT position, hash, digests_through FROM ledger_head WHERE id = 1"
+_APPEND_HEAD_LOCK_SQL = _APPEND_HEAD_SQL + " FOR UPDATE"
 _HEAD_UPDATE_SQL = "UPDATE ledger_head SET position = ?, hash = ? WHERE id = 1"
 _INSERT_COLUMNS = (
     "position, source, received_at_us, event_id, event_type, query, headers, body, "
@@ -260,51 +280,74 @@ def _wanted(batch: Sequence[NewEvent]) -> _Wanted:
 Firsts = dict[tuple[str, str], int]
 
 
-def _locked_head(conn: Connection, wanted: _Wanted) -> tuple[int, str, Firsts, Firsts]:
-    """The head, locked for this transaction, and the first positions already in the log
-    of the batch's (source, event id) and (source, body digest) pairs.
+def _locked_head(
+    conn: Connection, wanted: _Wanted
+) -> tuple[int, str, int, Firsts, Firsts, body_firsts.Recent | None]:
+    """The head, locked for this transaction, the digest watermark, the first
+    positions already in the log of the batch's (source, event id) and (source, body
+    digest) pairs, and this process's recent digests when the batch looked them up.
 
     On PostgreSQL the lock and the lookups go in one round trip (a pipeline): the head
     lock serialises every writer, and on a shared core each extra round trip while it
     is held cost a batch milliseconds. Each statement still takes its snapshot when it
     starts, after the lock was granted, so the lookups see every batch committed before."""
     if conn.dialect.name != "postgresql":
-        position, head_hash = read_head(conn, lock=True)
-        first_id = _first_positions(conn, "event_id", wanted.ids)
-        return position, head_hash, first_id, _first_positions(conn, "body_sha256", wanted.bodies)
+        position, head_hash, watermark = sqlite_driver(conn).execute(_APPEND_HEAD_SQL).fetchone()
+        first_id = _first_positions(conn, wanted.ids)
+        first_body: Firsts = {}
+        mine = None
+        if wanted.bodies:
+            mine = body_firsts.refresh_sqlite(conn, watermark, position, head_hash)
+            stored = body_firsts.lookup_sqlite(conn, wanted.bodies)
+            first_body = body_firsts.earliest(stored, mine.firsts(wanted.bodies))
+        return position, head_hash, watermark, first_id, first_body, mine
     raw = conn.connection.dbapi_connection
+    mine = body_firsts.recent(conn.engine) if wanted.bodies else None
     with contextlib.ExitStack() as cursors:
         head = cursors.enter_context(raw.cursor())
+        refresh = cursors.enter_context(raw.cursor())
         lookups = []
         with raw.pipeline() if PIPELINE else contextlib.nullcontext():
-            head.execute(_HEAD_LOCK_SQL)
-            for column, by_source in (("event_id", wanted.ids), ("body_sha256", wanted.bodies)):
-                for source, values in by_source.items():
+            head.execute(_APPEND_HEAD_LOCK_SQL)
+            for source, ids in wanted.ids.items():
+                cursor = cursors.enter_context(raw.cursor())
+                # Planned for its values each time: a plan psycopg prepared while the
+                # log was young scans the whole table (7 ms a batch at 14k events).
+                cursor.execute(_FIRST_ID_SQL_PG, (source, sorted(ids)), prepare=False)
+                lookups.append(("id", source, cursor))
+            if mine is not None:
+                begin = mine.start(mine.floor)
+                span = (begin, begin + body_firsts.REFRESH_SPAN)
+                refresh.execute(body_firsts.REFRESH_SQL_PG, span, prepare=False)
+                for source, digests in wanted.bodies.items():
                     cursor = cursors.enter_context(raw.cursor())
-                    # Planned for its values each time: a plan psycopg prepared while the
-                    # log was young scans the whole table (7 ms a batch at 14k events).
-                    cursor.execute(_FIRST_SQL_PG[column], (source, sorted(values)), prepare=False)
-                    lookups.append((column, source, cursor))
-        position, head_hash = head.fetchone()
-        found: dict[str, Firsts] = {"event_id": {}, "body_sha256": {}}
-        for column, source, cursor in lookups:
+                    cursor.execute(body_firsts.LOOKUP_SQL_PG, (source, sorted(digests)))
+                    lookups.append(("body", source, cursor))
+        position, head_hash, watermark = head.fetchone()
+        found: dict[str, Firsts] = {"id": {}, "body": {}}
+        for kind, source, cursor in lookups:
             for value, first in cursor.fetchall():
-                found[column][(source, value)] = first
-    return position, head_hash, found["event_id"], found["body_sha256"]
+                found[kind][(source, value)] = first
+        first_body = found["body"]
+        if mine is not None:
+            if not mine.absorb(watermark, position, head_hash, refresh.fetchall()):
+                body_firsts.reread_pg(conn, mine, watermark, position, head_hash)
+            first_body = body_firsts.earliest(first_body, mine.firsts(wanted.bodies))
+    return position, head_hash, watermark, found["id"], first_body, mine
 
 
-def _first_positions(conn: Connection, column: str, wanted: dict[str, set[str]]) -> Firsts:
-    """SQLite: first positions already in the log of these values of `column` (event_id
-    or body_sha256), by source.
+def _first_positions(conn: Connection, wanted: dict[str, set[str]]) -> Firsts:
+    """SQLite: first positions already in the log of these event ids, by source.
 
     Plain SQL, as the INSERT: every batch of a source with event ids runs it, and a
     SQLAlchemy expression compiled per batch cost about 15 µs per delivery."""
     found: Firsts = {}
+    driver = sqlite_driver(conn)
     for source, value_set in wanted.items():
         values = sorted(value_set)
         for i in range(0, len(values), ID_CHUNK):
             chunk = values[i : i + ID_CHUNK]
-            rows = conn.exec_driver_sql(_first_sql_sqlite(column, len(chunk)), (source, *chunk))
+            rows = driver.execute(_first_sql_sqlite(len(chunk)), (source, *chunk))
             for value, first in rows:
                 found[(source, value)] = first
     return found
@@ -313,18 +356,15 @@ def _first_positions(conn: Connection, column: str, wanted: dict[str, set[str]])
 # One round trip for the head lock and the lookups needs libpq 14 or newer (psycopg's
 # binary package bundles one); without it the same statements go one after another.
 PIPELINE = psycopg.Pipeline.is_supported()
-_FIRST_SQL = "SELECT {column}, min(position) FROM events WHERE source = {marker} AND {column} "
-_FIRST_SQL_PG = {
-    column: _FIRST_SQL.format(column=column, marker="%s") + f"= ANY(%s) GROUP BY {column}"
-    for column in ("event_id", "body_sha256")
-}
+_FIRST_SQL = "SELECT event_id, min(position) FROM events WHERE source = {marker} AND event_id "
+_FIRST_ID_SQL_PG = _FIRST_SQL.format(marker="%s") + "= ANY(%s) GROUP BY event_id"
 ID_CHUNK = 500  # SQLite: values per lookup, under the 999 bound parameters of old builds
 
 
 @functools.cache
-def _first_sql_sqlite(column: str, values: int) -> str:
+def _first_sql_sqlite(values: int) -> str:
     marks = ", ".join(["?"] * values)
-    return _FIRST_SQL.format(column=column, marker="?") + f"IN ({marks}) GROUP BY {column}"
+    return _FIRST_SQL.format(marker="?") + f"IN ({marks}) GROUP BY event_id"
 
 
 def event_meta_query():

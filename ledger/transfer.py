@@ -11,7 +11,7 @@ from typing import IO, Any
 import orjson
 from sqlalchemy import Connection, Engine, update
 
-from ledger import chain
+from ledger import body_firsts, chain
 from ledger.db import translated, writer
 from ledger.errors import ImportRefused
 from ledger.marks import Mark, first_bad_mark
@@ -139,6 +139,7 @@ def import_lines(
                 .where(ledger_head.c.id == 1)
                 .values(position=count, hash=previous.hex())
             )
+            body_firsts.catch_up(conn)
     return count
 
 

@@ -111,7 +111,9 @@ def snapshot(url: str) -> tuple[list[tuple], tuple]:
     try:
         with engine.connect() as conn:
             rows = [tuple(r) for r in conn.execute(select(events).order_by(events.c.position))]
-            head = tuple(conn.execute(select(ledger_head)).one())
+            # The head itself; `digests_through` is how far body_firsts has merged, which
+            # `import` brings to the head at once and appends in chunks.
+            head = tuple(conn.execute(select(ledger_head.c.position, ledger_head.c.hash)).one())
         return rows, head
     finally:
         engine.dispose()
@@ -241,7 +243,7 @@ def test_migrate_is_safe_to_repeat(tmp_path, db_url, capsys):
         engine.dispose()
     populate(db_url)
     assert main(["migrate", "--config", cfg]) == 0
-    assert snapshot(db_url)[1][1] == len(sample_events())
+    assert snapshot(db_url)[1][0] == len(sample_events())
     assert main(["verify", "--config", cfg]) == 0
 
 
@@ -442,7 +444,7 @@ def test_import_refuses_an_altered_export_and_imports_nothing(tmp_path, db_url, 
         assert "imported" not in captured.out
         rows, head = snapshot(target)
         assert rows == [], name
-        assert head[1:] == (0, "0" * 64), name
+        assert head == (0, "0" * 64), name
     # the untouched export still goes in
     assert main(["import", "--config", target_cfg, str(good)]) == 0
     assert snapshot(target) == snapshot(db_url)

@@ -7,7 +7,6 @@ import random
 import re
 
 import pytest
-from alembic import command
 from sqlalchemy import Engine, event, text
 
 from ledger import migrate
@@ -95,11 +94,7 @@ def test_python_projections_are_counted_in_the_batch(engine):
 def test_the_migration_counts_the_tables_that_exist(db_url):
     eng = make_engine(db_url)
     try:
-        cfg = migrate.alembic_config(eng)
-        with writer(eng.connect()) as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "0003")
-            conn.commit()
+        migrate.upgrade(eng, "0003")
         with writer(eng.connect()) as conn, conn.begin():
             conn.execute(
                 text(
