@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Row, func, select, text
 
-from ledger.schema import REJECTION_BODY_BYTES, rejection_counts, rejection_usage, rejections
+from ledger.schema import rejection_counts, rejection_usage, rejections
 from ledger.store import Rejection
 from ledger.verifiers import BAD_SIGNATURE, FUTURE_TIMESTAMP, MISSING_SIGNATURE, STALE_TIMESTAMP
 
@@ -39,8 +39,8 @@ class Usage:
 
 
 def stored_size(r: Rejection) -> int:
-    """Bytes a rejection takes in the table: its headers and its (truncated) body."""
-    return len(r.headers.encode("utf-8", "surrogatepass")) + min(len(r.body), REJECTION_BODY_BYTES)
+    """Bytes a rejection takes in the table: its headers and its whole body."""
+    return len(r.headers.encode("utf-8", "surrogatepass")) + len(r.body)
 
 
 def lock_usage(conn: Connection) -> Usage:
@@ -70,7 +70,7 @@ def keep(conn: Connection, batch: Sequence[Rejection], tally: Tally, max_bytes: 
                     "remote_addr": r.remote_addr,
                     "query": r.query,
                     "headers": r.headers,
-                    "body": r.body[:REJECTION_BODY_BYTES],
+                    "body": r.body,
                     "body_size": len(r.body),
                     "stored_bytes": stored_size(r),
                 }

@@ -110,8 +110,6 @@ rejections = Table(
     Index(None, "received_at_us"),
 )
 
-REJECTION_BODY_BYTES = 64 * 1024
-
 # One row (id = 1): the running total of `rejections.stored_bytes` and rows, so the
 # bound is kept without summing the table, and how many rows the bound removed.
 # Every writer of `rejections` locks it first.
