@@ -2,10 +2,11 @@
 
 Each target is started as a subprocess on a free 127.0.0.1 port, pinned
 to one CPU (`taskset`), with wrk pinned to another: one wrk thread, N
-connections, a 2 s warm-up, then the measured run. Every request is the
-same 1 KiB JSON body with a valid HMAC-SHA256 signature, and its own
-event id in a header (as every provider sends one), so every delivery is
-a fresh append, checked for duplicates first. After each storing
+connections, a 2 s warm-up, then the measured run. Every request is a
+1 KiB JSON body of its own (from a pool written before the run) with a
+valid HMAC-SHA256 signature, and its own event id in a header (as every
+provider sends one), so every delivery is a fresh append, checked for
+duplicates by id and by body first. After each storing
 target the rows are counted and compared with the 2xx answers wrk saw:
 a run that lost writes is reported invalid.
 """
