@@ -8,10 +8,8 @@ import gc
 import logging
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from prometheus_client import CONTENT_TYPE_LATEST
-from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
@@ -29,54 +27,17 @@ from api.guard import Guard, HostCheck
 from api.ingest import Ingest, hooks_source
 from api.metrics import Metrics
 from api.openapi import openapi
+from api.services import Applied, Services, services_of
 from ledger import migrate
 from ledger.appender import Appender
 from ledger.config import Config, load_config
 from ledger.db import make_engine
 from ledger.errors import NotMigrated, StorageUnavailable
-from projections.projector import Projector, load_projectors
+from projections.projector import load_projectors
 from projections.signals import PgListener
 from projections.worker import Worker, WorkerThread
 
 log = logging.getLogger("hookledger")
-
-
-@dataclass
-class Services:
-    """What requests share, created in the lifespan: config, engine, appender."""
-
-    config: Config
-    engine: Engine
-    appender: Appender
-    projectors: dict[str, Projector]
-    metrics: Metrics
-    worker: Worker | None = None
-    applied: Applied | None = None
-    loop: asyncio.AbstractEventLoop | None = None  # the one serving requests
-    access: AccessLines | None = None  # None: access_log = false
-    deadlines: BodyDeadlines | None = None  # body reads, `[server] body_timeout_seconds`
-
-
-class Applied:
-    """Wakes read-your-writes waiters whenever the in-process projector commits."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.event = asyncio.Event()
-
-    def notify_threadsafe(self) -> None:
-        # RuntimeError: the loop closed, the server is stopping and nobody waits
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(self._fire)
-
-    def _fire(self) -> None:
-        event, self.event = self.event, asyncio.Event()
-        event.set()
-
-    async def wait(self, event: asyncio.Event, timeout: float) -> None:
-        """Until the commit after `event` was taken from `self.event`, or `timeout` seconds."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
 
 
 def startup_warnings(config: Config) -> list[str]:
@@ -95,7 +56,7 @@ def startup_warnings(config: Config) -> list[str]:
 
 
 async def metrics(request: Request) -> Response:
-    body = await run_in_threadpool(request.app.state.hl.metrics.render)
+    body = await run_in_threadpool(services_of(request).metrics.render)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
@@ -104,7 +65,7 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    engine = request.app.state.hl.engine
+    engine = services_of(request).engine
     try:
         current = await run_in_threadpool(migrate.is_current, engine)
     except (StorageUnavailable, NotMigrated) as e:  # a refused statement is a bug: 500
@@ -194,7 +155,7 @@ def create_app(
             engine, on_commit=committed, rejections_max_bytes=config.server.rejections_max_bytes
         )
         appender.start()
-        background = [WorkerThread(worker)] if worker else []
+        background: list[WorkerThread | PgListener] = [WorkerThread(worker)] if worker else []
         if worker and engine.dialect.name == "postgresql":
             background.append(PgListener(engine, worker.wake))
         for task in background:

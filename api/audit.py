@@ -15,8 +15,8 @@ from starlette.responses import JSONResponse, Response
 from api import params
 from api.auth import require
 from api.errors import ApiError
+from api.services import services_of, with_connection
 from ledger import rejections, store, verify_job
-from ledger.db import translated
 from ledger.timefmt import iso_from_us
 from ledger.verify import past_head
 
@@ -35,20 +35,12 @@ def meta(row: Any) -> dict[str, Any]:
     return doc
 
 
-def _read(hl, fn, *args, **kwargs):
-    def run():
-        with translated(), hl.engine.connect() as conn:
-            return fn(conn, *args, **kwargs)
-
-    return run_in_threadpool(run)
-
-
 async def list_events(request: Request) -> Response:
     require(request, "read")
     params.check_known(request, {"source", "type", "after", "since", "until", "limit"})
     limit = params.limit(request)
-    rows = await _read(
-        request.app.state.hl,
+    rows = await with_connection(
+        request,
         store.list_events,
         source=request.query_params.get("source") or None,
         event_type=request.query_params.get("type") or None,
@@ -64,7 +56,7 @@ async def list_events(request: Request) -> Response:
 async def get_event(request: Request) -> Response:
     require(request, "read")
     position = params.path_int(request, "position")
-    row = await _read(request.app.state.hl, store.get_event, position)
+    row = await with_connection(request, store.get_event, position)
     if row is None:
         raise ApiError(404, "not_found", f"no event at position {position}")
     doc = meta(row)
@@ -83,7 +75,7 @@ async def get_event(request: Request) -> Response:
 async def get_raw(request: Request) -> Response:
     require(request, "read")
     position = params.path_int(request, "position")
-    row = await _read(request.app.state.hl, store.get_event, position)
+    row = await with_connection(request, store.get_event, position)
     if row is None:
         raise ApiError(404, "not_found", f"no event at position {position}")
     if row.body is None:
@@ -116,7 +108,7 @@ def _ledger_summary(conn) -> dict[str, Any]:
 
 async def ledger(request: Request) -> Response:
     require(request, "read")
-    return OrjsonResponse(await _read(request.app.state.hl, _ledger_summary))
+    return OrjsonResponse(await with_connection(request, _ledger_summary))
 
 
 async def verification(request: Request) -> Response:
@@ -136,9 +128,8 @@ async def verify(request: Request) -> Response:
     params.check_known(request, {"from", "wait"})
     start = params.integer(request, "from", 1, 1, params.MAX_INT)
     wait = params.integer(request, "wait", VERIFY_WAIT_SECONDS, 0, MAX_VERIFY_WAIT_SECONDS)
-    assert start is not None and wait is not None
-    hl = request.app.state.hl
-    head, _ = await _read(hl, store.read_head)
+    hl = services_of(request)
+    head, _ = await with_connection(request, store.read_head)
     problem = past_head(start, head)
     if problem is not None:
         raise ApiError(409, "past_head", f"from: {problem}")  # valid, but not for this log
@@ -167,7 +158,7 @@ async def verify_status(request: Request) -> Response:
     """The running verification's progress, or the last result (kept in the database)."""
     require(request, "read")
     params.check_known(request, set())
-    job = await _read(request.app.state.hl, verify_job.latest)
+    job = await with_connection(request, verify_job.latest)
     if job is None:
         raise ApiError(404, "not_found", "no verification has run on this database yet")
     return OrjsonResponse(job.doc())
@@ -202,8 +193,8 @@ async def list_rejections(request: Request) -> Response:
     problem = None if reason is None else rejections.unknown_reason(reason)
     if problem is not None:
         raise params.bad(problem)
-    rows = await _read(
-        request.app.state.hl,
+    rows = await with_connection(
+        request,
         rejections.list_rejections,
         source=request.query_params.get("source") or None,
         reason=reason,

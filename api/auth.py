@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from starlette.requests import Request
 
 from api.errors import ApiError
+from api.services import services_of
 from ledger.config import Token
 
 UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="hookledger"'}
@@ -36,7 +37,7 @@ def require(request: Request, scope: str) -> None:
 
     With no tokens configured the API is open (the server refuses to bind
     anything but loopback in that case)."""
-    tokens: Sequence[Token] = request.app.state.hl.config.tokens
+    tokens: Sequence[Token] = services_of(request).config.tokens
     if not tokens:
         return
     presented = presented_token(request)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Mapping
 
 import psycopg
 from sqlalchemy import exc as sa_exc
@@ -48,7 +49,7 @@ class ApiError(Exception):
 
 
 def error_response(
-    status: int, code: str, detail: str, headers: dict[str, str] | None = None
+    status: int, code: str, detail: str, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     """The one JSON error body."""
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)

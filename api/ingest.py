@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import orjson
 from starlette.types import Receive, Scope, Send
@@ -256,7 +257,7 @@ def storable(event: NewEvent) -> NewEvent:
     body (or header) can put in an event id, type or content type. Such a value is kept as
     absent, on every backend alike; the body itself is stored byte for byte as always."""
     fields = ("event_id", "event_type", "content_type")
-    changes = {f: None for f in fields if "\x00" in (getattr(event, f) or "")}
+    changes: dict[str, Any] = {f: None for f in fields if "\x00" in (getattr(event, f) or "")}
     return dataclasses.replace(event, **changes) if changes else event
 
 

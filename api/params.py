@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import overload
+
 from starlette.requests import Request
 
 from api.errors import ApiError
@@ -24,6 +26,10 @@ def check_known(request: Request, allowed: set[str]) -> None:
         raise bad(f"unknown parameter {unknown[0]!r} (expected: {', '.join(sorted(allowed))})")
 
 
+@overload
+def integer(request: Request, name: str, default: int, low: int, high: int) -> int: ...
+@overload
+def integer(request: Request, name: str, default: None, low: int, high: int) -> int | None: ...
 def integer(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
     raw = request.query_params.get(name)
     if raw is None:

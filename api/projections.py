@@ -15,6 +15,7 @@ from api import params
 from api.audit import OrjsonResponse
 from api.auth import require
 from api.errors import ApiError
+from api.services import services_of, with_connection
 from ledger.db import translated
 from ledger.store import read_head
 from ledger.timefmt import iso_from_us
@@ -30,26 +31,16 @@ ROW_PARAMS = {"sort", "limit", "cursor", "include_deleted", "min_position", "wai
 
 def _projector(request: Request) -> Projector:
     name = request.path_params["name"]
-    projector = request.app.state.hl.projectors.get(name)
+    projector = services_of(request).projectors.get(name)
     if projector is None:
         raise ApiError(404, "unknown_projection", f"no projection named {name!r} is configured")
     return projector
 
 
-def _run(request: Request, fn, *args):
-    engine = request.app.state.hl.engine
-
-    def run():
-        with translated(), engine.connect() as conn:
-            return fn(conn, *args)
-
-    return run_in_threadpool(run)
-
-
 async def list_projections(request: Request) -> Response:
     require(request, "read")
     params.check_known(request, set())
-    hl = request.app.state.hl
+    hl = services_of(request)
     entries = await run_in_threadpool(status, hl.engine, hl.projectors)
     return OrjsonResponse({"projections": entries})
 
@@ -64,7 +55,7 @@ async def get_projection(request: Request) -> Response:
         head, _ = read_head(conn)
         return describe(conn, projector, head)
 
-    return OrjsonResponse(await _run(request, run))
+    return OrjsonResponse(await with_connection(request, run))
 
 
 async def _wait_for(request: Request, projector: Projector) -> None:
@@ -88,13 +79,13 @@ async def _wait_for(request: Request, projector: Projector) -> None:
         return -1 if live is None else live.position
 
     deadline = time.monotonic() + budget
-    signal = request.app.state.hl.applied
-    in_process = request.app.state.hl.worker is not None and signal is not None
+    hl = services_of(request)
+    signal = hl.applied if hl.worker is not None else None  # None: the projector runs elsewhere
     while True:
         # Take the commit signal before reading the position: a commit in between
         # then wakes us at once instead of being missed until the next one.
-        commit = signal.event if in_process else None
-        position = await _run(request, applied_position)
+        commit = signal.event if signal is not None else None
+        position = await with_connection(request, applied_position)
         if position >= wanted:
             return
         if time.monotonic() >= deadline:
@@ -105,7 +96,7 @@ async def _wait_for(request: Request, projector: Projector) -> None:
                 {"Retry-After": "1"},
             )
         remaining = deadline - time.monotonic()
-        if commit is not None:
+        if signal is not None and commit is not None:
             await signal.wait(commit, min(0.25, remaining))  # woken by the in-process projector
         else:
             await asyncio.sleep(min(0.01, remaining))  # the projector runs elsewhere: poll
@@ -160,7 +151,7 @@ async def list_rows(request: Request) -> Response:
             raise params.bad(str(e)) from None
         return view, rows, nxt
 
-    view, rows, nxt = await _run(request, run)
+    view, rows, nxt = await with_connection(request, run)
     return OrjsonResponse(
         {"rows": [_row_doc(r) for r in rows], "next": nxt, "position": view.position},
         headers={"Ledger-Position": str(view.position)},
@@ -182,7 +173,7 @@ async def get_row(request: Request) -> Response:
         except query.QueryError as e:
             raise params.bad(str(e)) from None
 
-    view, row = await _run(request, run)
+    view, row = await with_connection(request, run)
     if row is not None and row.get("deleted") and not include_deleted:
         row = None  # a tombstone: deleted, as in the listing (include_deleted=true shows it)
     if row is None:
@@ -209,7 +200,7 @@ async def list_errors(request: Request) -> Response:
             q = q.where(e.id < before)
         return list(conn.execute(q.order_by(e.id.desc()).limit(limit)))
 
-    rows = await _run(request, run)
+    rows = await with_connection(request, run)
     return OrjsonResponse(
         {
             "errors": [
@@ -232,7 +223,7 @@ async def rebuild(request: Request) -> Response:
     require(request, "admin")
     params.check_known(request, set())
     projector = _projector(request)
-    hl = request.app.state.hl
+    hl = services_of(request)
 
     def run():
         with translated():
@@ -256,7 +247,7 @@ async def retry(request: Request) -> Response:
     require(request, "admin")
     params.check_known(request, set())
     projector = _projector(request)
-    hl = request.app.state.hl
+    hl = services_of(request)
     resumed = await run_in_threadpool(registry.retry, hl.engine, projector.name)
     if hl.worker is not None:
         hl.worker.wake()

@@ -43,7 +43,7 @@ class HeadDeadlineProtocol(HttpToolsProtocol):
 
     head_started: float | None = None  # loop time the awaited head started, else None
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         self.head_started = self.loop.time()  # the first request's head is awaited now
         _Sweep.ensure(self.loop, self.connections)

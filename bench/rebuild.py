@@ -23,9 +23,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from ledger import body_firsts, chain, migrate
 from ledger.config import Config
@@ -139,6 +140,12 @@ SET_BASED = {
 }
 
 
+def _driver(conn: Connection) -> Any:
+    """The DB-API connection under `conn` (sqlite3 or psycopg): the hand loops use
+    only what both have."""
+    return conn.connection.dbapi_connection
+
+
 def set_based(url: str) -> dict:
     """The ceiling: per 10k-event transaction, one INSERT ... SELECT that extracts every
     field from the bodies in the database (no guard, no tombstones, no errors)."""
@@ -151,7 +158,7 @@ def set_based(url: str) -> dict:
     statement = SET_BASED[dialect]
     started = time.perf_counter()
     with writer(engine.connect()) as conn:
-        cursor = conn.connection.dbapi_connection.cursor()
+        cursor = _driver(conn).cursor()
         for after in range(0, head, CHUNK):
             with conn.begin():
                 cursor.execute(statement, (after, min(after + CHUNK, head)))
@@ -181,7 +188,7 @@ def hand_loop(url: str) -> dict:
     started = time.perf_counter()
     after, done = 0, 0
     with writer(engine.connect()) as conn:
-        raw = conn.connection.dbapi_connection
+        raw = _driver(conn)
         cursor = raw.cursor()
         while True:
             with conn.begin():
@@ -230,6 +237,7 @@ def hookledger_rebuild(url: str) -> dict:
         live, _ = registry.active(conn, "entities")
         rows = conn.execute(text("SELECT count(*) FROM entities")).scalar()
     engine.dispose()
+    assert live is not None, "the projection has no live version"
     return {"events": live.position, "seconds": seconds, "rows": rows}
 
 

@@ -21,6 +21,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -77,7 +78,7 @@ def label(n: int) -> str:
 def body(i: int, rows: int) -> bytes:
     """Event i's body, exactly BODY_BYTES long; `rows` distinct keys over the log."""
     key = i % rows
-    doc = {"type": "person_updated", "id": str(key), "email": f"p{key}@example.com"}
+    doc: dict[str, Any] = {"type": "person_updated", "id": str(key), "email": f"p{key}@example.com"}
     doc["data"] = {"name": f"person {key}", "n": i, "pad": ""}
     empty = len(orjson.dumps(doc))
     doc["data"]["pad"] = "x" * (BODY_BYTES - empty)

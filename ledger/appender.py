@@ -21,9 +21,9 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine
 
@@ -47,9 +47,14 @@ MERGE_RETRY_S = 1.0  # after a failed merge
 _WAKE = object()  # queued when the rejection lane stops being empty
 
 
+Item = TypeVar("Item", NewEvent, Rejection)
+
+
 @dataclass(slots=True)
-class _Waiter:
-    item: NewEvent | Rejection
+class _Waiter(Generic[Item]):
+    """One queued delivery (or rejection) and the future its request awaits."""
+
+    item: Item
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future = field(repr=False)
 
@@ -215,7 +220,7 @@ class Appender:
         pause = max((now - started) * (1 / REJECTION_DUTY - 1), size / REJECTION_BYTES_PER_S)
         self._rejections_after = now + (pause if written else max(pause, REJECTION_RETRY_S))
 
-    def _write(self, batch: list[_Waiter]) -> None:
+    def _write(self, batch: list[_Waiter[NewEvent]]) -> None:
         events = [w.item for w in batch]
         try:
             with translated():
@@ -260,7 +265,9 @@ class Appender:
             self._conn = None
 
     @staticmethod
-    def _settle(batch: list[_Waiter], outcomes: list[Any], error: BaseException | None) -> None:
+    def _settle(
+        batch: Sequence[_Waiter[Any]], outcomes: list[Any], error: BaseException | None
+    ) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any]]] = {}
         for waiter, outcome in zip(batch, outcomes, strict=True):
             by_loop.setdefault(waiter.loop, []).append((waiter.future, outcome))

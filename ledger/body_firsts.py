@@ -32,6 +32,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
+from ledger.db import sqlite_driver
+
 # Events per merge: each merge reads them from the log and writes their digests into
 # body_firsts in key order, in one transaction (30-40 ms on SQLite with a log of 100k
 # events, and up to about 0.2 s once every merge writes a page per event). The
@@ -166,8 +168,7 @@ LOOKUP_SQL_PG = _LOOKUP.format("%s") + "= ANY(%s)"
 def refresh_sqlite(conn: Connection, watermark: int, head: int, head_hash: str) -> Recent:
     """Bring this process's `Recent` up to the head (SQLite, head lock held)."""
     mine = recent(conn.engine)
-    driver = conn.connection.dbapi_connection
-    assert driver is not None
+    driver = sqlite_driver(conn)
     begin = mine.start(watermark)
     if begin == head:  # nothing appended since: the head row is the one row to check
         rows: Sequence[Any] = [(head, None, None, head_hash)]
@@ -191,8 +192,7 @@ def reread_pg(conn: Connection, mine: Recent, watermark: int, head: int, head_ha
 def lookup_sqlite(conn: Connection, wanted: dict[str, set[str]]) -> Firsts:
     """SQLite: first positions in `body_firsts` (events up to the watermark)."""
     found: Firsts = {}
-    driver = conn.connection.dbapi_connection
-    assert driver is not None
+    driver = sqlite_driver(conn)
     for source, digest_set in wanted.items():
         digests = sorted(digest_set)
         for i in range(0, len(digests), LOOKUP_CHUNK):

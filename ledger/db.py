@@ -11,6 +11,7 @@ import contextlib
 import re
 import sqlite3
 from collections.abc import Iterator
+from typing import Any
 
 import orjson
 import psycopg
@@ -75,6 +76,17 @@ def writer(conn: Connection) -> Connection:
 
 # What the drivers raise themselves: the hot paths use raw driver cursors, outside
 # SQLAlchemy's wrapping.
+def sqlite_driver(conn: Connection) -> sqlite3.Connection:
+    """The sqlite3 connection under `conn`, for statements sent straight to the driver
+    (inside the transaction `conn` began; `translated` maps what it raises)."""
+    return conn.connection.dbapi_connection  # type: ignore[return-value]
+
+
+def pg_driver(conn: Connection) -> psycopg.Connection[Any]:
+    """The psycopg connection under `conn`: pipelines, RawCursor, `prepare=False`."""
+    return conn.connection.dbapi_connection  # type: ignore[return-value]
+
+
 _DRIVER_ERRORS = (sqlite3.Error, psycopg.Error)
 # sqlite3 raises OperationalError both for "locked" and for "no such column": tell them
 # apart by message. PostgreSQL says it in the SQLSTATE class.

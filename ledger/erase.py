@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import orjson
-from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, func, select, update
 
 from ledger.db import translated, writer
 from ledger.schema import erasures, events
@@ -29,9 +29,9 @@ class Criteria:
     start: int | None = None
     stop: int | None = None
 
-    def where(self) -> list:
+    def where(self) -> list[ColumnElement[bool]]:
         c = events.c
-        conds = [c.body.is_not(None)]
+        conds: list[ColumnElement[bool]] = [c.body.is_not(None)]
         if self.before_us is not None:
             conds.append(c.received_at_us < self.before_us)
         if self.source is not None:

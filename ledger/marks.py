@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import functools
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection
 
+from ledger.db import pg_driver
 from ledger.schema import events
 
 VERIFICATIONS = ("verified", "unverified", "fetched", "readmitted")
@@ -134,6 +135,7 @@ def _first_positions(conn: Connection, marks: Sequence[Mark]) -> dict[tuple[str,
         ids = sorted(id_set)
         for i in range(0, len(ids), LOOKUP_CHUNK):
             part = ids[i : i + LOOKUP_CHUNK]
+            rows: Iterable[Sequence[Any]]
             if postgres:
                 rows = _unprepared(conn, _FIRST_PG, (part, source, before))
             else:
@@ -145,7 +147,7 @@ def _first_positions(conn: Connection, marks: Sequence[Mark]) -> dict[tuple[str,
 def _unprepared(conn: Connection, sql: str, params: tuple) -> list[tuple]:
     """PostgreSQL: planned for these values each time (psycopg prepares a statement
     run five times, and a generic plan can pick a range scan for any value)."""
-    with conn.connection.dbapi_connection.cursor() as cursor:
+    with pg_driver(conn).cursor() as cursor:
         cursor.execute(sql, params, prepare=False)
         return cursor.fetchall()
 
@@ -185,6 +187,7 @@ def _targets(conn: Connection, marks: Sequence[Mark]) -> dict[int, Mark]:
     postgres = conn.dialect.name == "postgresql"
     for i in range(0, len(wanted), LOOKUP_CHUNK):
         part = wanted[i : i + LOOKUP_CHUNK]
+        rows: Iterable[Sequence[Any]]
         if postgres:
             rows = _unprepared(conn, _TARGETS_PG, (part,))
         else:

@@ -149,7 +149,7 @@ class StripeScheme(Scheme):
                 if mac is not None:
                     presented.append(mac)
         timestamp = None if stamp is None else parse_timestamp(stamp)
-        if timestamp is None or not presented:
+        if stamp is None or timestamp is None or not presented:
             return BAD_SIGNATURE
         content = stamp.encode("ascii") + b"." + delivery.body
         verdict = match_any(presented, [hmac_sha256(s.encode(), content) for s in secrets])

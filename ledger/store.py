@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -27,6 +26,7 @@ import psycopg
 from sqlalchemy import Connection, Engine, Row, func, select
 
 from ledger import body_firsts, chain
+from ledger.db import pg_driver, sqlite_driver
 from ledger.schema import events, source_counts
 
 META_COLUMNS = [c for c in events.c if c.name not in ("headers", "body")]
@@ -158,7 +158,7 @@ def append_batch(conn: Connection, batch: Sequence[NewEvent]) -> list[Appended]:
     last = chunks[-1]
     tally = tuple(value for pair in counts.items() for value in pair)
     if postgres:
-        with psycopg.RawCursor(conn.connection.dbapi_connection) as cursor:
+        with psycopg.RawCursor(pg_driver(conn)) as cursor:
             for chunk in chunks[:-1]:
                 cursor.execute(_pg_insert_sql(len(chunk)), _flat(chunk))
             # the last rows, the head, the counts and the wake-up in one round trip
@@ -176,12 +176,6 @@ def append_batch(conn: Connection, batch: Sequence[NewEvent]) -> list[Appended]:
     if position - watermark >= body_firsts.MAX_LAG:  # no idle moment came: merge now
         body_firsts.merge(conn, watermark, watermark + body_firsts.MERGE_ROWS)
     return out
-
-
-def sqlite_driver(conn: Connection) -> sqlite3.Connection:
-    """The sqlite3 connection under `conn`, for the append path's statements (inside
-    the transaction `conn` began; `ledger.db.translated` maps what it raises)."""
-    return conn.connection.dbapi_connection  # type: ignore[return-value]
 
 
 def add_source_counts(conn: Connection, counts: dict[str, int]) -> None:
@@ -320,7 +314,7 @@ def _locked_head(
             stored = body_firsts.lookup_sqlite(conn, wanted.bodies)
             first_body = body_firsts.earliest(stored, mine.firsts(wanted.bodies))
         return position, head_hash, watermark, first_id, first_body, mine
-    raw = conn.connection.dbapi_connection
+    raw = pg_driver(conn)
     mine = body_firsts.recent(conn.engine) if wanted.bodies else None
     with contextlib.ExitStack() as cursors:
         head = cursors.enter_context(raw.cursor())
@@ -342,7 +336,9 @@ def _locked_head(
                     cursor = cursors.enter_context(raw.cursor())
                     cursor.execute(body_firsts.LOOKUP_SQL_PG, (source, sorted(digests)))
                     lookups.append(("body", source, cursor))
-        position, head_hash, watermark = head.fetchone()
+        locked = head.fetchone()
+        assert locked is not None, "ledger_head has its one row from the first migration"
+        position, head_hash, watermark = locked
         found: dict[str, Firsts] = {"id": {}, "body": {}}
         for kind, source, cursor in lookups:
             for value, first in cursor.fetchall():

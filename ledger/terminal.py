@@ -51,7 +51,7 @@ class TextConsole(Console):
     def __init__(self, **kwargs) -> None:
         super().__init__(markup=False, emoji=False, highlight=False, **kwargs)
 
-    def render_str(self, text: str, **kwargs) -> Text:  # type: ignore[override]
+    def render_str(self, text: str, **kwargs) -> Text:
         kwargs["markup"] = kwargs["emoji"] = False
         return super().render_str(visible(text, keep="\n\t"), **kwargs)
 

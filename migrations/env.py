@@ -17,7 +17,10 @@ def run() -> None:
     if connection is not None:
         _migrate(connection)
         return
-    engine = create_engine(config.get_main_option("sqlalchemy.url"))
+    url = config.get_main_option("sqlalchemy.url")
+    if url is None:
+        raise SystemExit("alembic: set sqlalchemy.url (or run `hookledger migrate`)")
+    engine = create_engine(url)
     with engine.connect() as conn:
         _migrate(conn)
     engine.dispose()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+from alembic.environment import NameFilterParentNames, NameFilterType
 from sqlalchemy import MetaData
 
 from ledger.schema import metadata as ledger_metadata
@@ -22,7 +23,9 @@ TARGET: list[MetaData] = [ledger_metadata, projection_metadata]
 ENGINE_TABLE = re.compile(r"^(stage_)?p_[a-z][a-z0-9_]*_v[0-9]+$")
 
 
-def include_name(name: str | None, type_: str, parent_names: dict) -> bool:
+def include_name(
+    name: str | None, type_: NameFilterType, parent_names: NameFilterParentNames
+) -> bool:
     """False for the engine's projection tables; views are never reflected as tables."""
     if type_ == "table":
         return not ENGINE_TABLE.match(name or "")

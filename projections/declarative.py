@@ -98,9 +98,9 @@ class Definition:
             "columns",
             "on_error",
         }
-        for key in raw:
-            if key not in allowed:
-                raise fail(key, f"unknown key (expected one of: {', '.join(sorted(allowed))})")
+        for option in raw:
+            if option not in allowed:
+                raise fail(option, f"unknown key (expected one of: {', '.join(sorted(allowed))})")
 
         def pointer(key: str, value: Any) -> str:
             if not isinstance(value, str) or (value and not value.startswith("/")):

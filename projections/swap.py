@@ -104,10 +104,10 @@ def diff_tables(
         return {
             "added": conn.execute(
                 select(func.count()).select_from(new).where(present(new))
-            ).scalar(),
+            ).scalar_one(),
             "removed": conn.execute(
                 select(func.count()).select_from(old).where(present(old))
-            ).scalar(),
+            ).scalar_one(),
             "changed": 0,
             "keys_changed": True,
         }

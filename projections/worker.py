@@ -18,6 +18,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, Row
 
@@ -37,6 +38,20 @@ REBUILD_BATCH = 10_000
 FIRST_BATCH = 1000  # a version's batches start here and grow while they stay short
 LEASE_TTL_S = 5.0
 IDLE_POLL_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """A version whose state is `running`, with the projector it is applied with."""
+
+    row: Row
+    projector: Projector
+
+    @classmethod
+    def of(cls, row: Row | None, projector: Projector | None) -> _Run | None:
+        if row is None or projector is None or row.state != "running":
+            return None
+        return cls(row, projector)
 
 
 def worker_id() -> str:
@@ -183,21 +198,25 @@ class Worker:
             head, _ = read_head(conn)
             live_p = self._own(conn, live, projector)
             building_p = self._own(conn, building, projector)
-        live_runs = live is not None and live.state == "running" and live_p is not None
-        builds = building is not None and building.state == "running" and building_p is not None
-        if builds:
-            pacer = self._pacer(building, self.rebuild_batch)
-            if head - building.position <= pacer.size and (
-                not live_runs or live.position == building.position
+        live_run = _Run.of(live, live_p)
+        build = _Run.of(building, building_p)
+        if build is not None:
+            pacer = self._pacer(build.row, self.rebuild_batch)
+            if head - build.row.position <= pacer.size and (
+                live_run is None or live_run.row.position == build.row.position
             ):
-                return self._guard(building, lambda: self.finish(building_p, building, live))
+                return self._guard(build.row, lambda: self.finish(build.projector, build.row, live))
         busy = False
-        if live_runs and live.position < head:
-            pacer = self._pacer(live, self.live_batch)
-            busy |= self._guard(live, lambda: self.step(live_p, live, head, pacer))
-        if builds and building.position < head:
-            pacer = self._pacer(building, self.rebuild_batch)
-            busy |= self._guard(building, lambda: self.step(building_p, building, head, pacer))
+        if live_run is not None and live_run.row.position < head:
+            pacer = self._pacer(live_run.row, self.live_batch)
+            busy |= self._guard(
+                live_run.row, lambda: self.step(live_run.projector, live_run.row, head, pacer)
+            )
+        if build is not None and build.row.position < head:
+            pacer = self._pacer(build.row, self.rebuild_batch)
+            busy |= self._guard(
+                build.row, lambda: self.step(build.projector, build.row, head, pacer)
+            )
         for retired in registry.undropped(rows):
             busy |= self._drop(retired)
         return busy
@@ -343,7 +362,7 @@ class Worker:
                 new = swap.reflect(before, building.table_name)
                 diff = swap.diff_tables(before, old, new, projector.tombstones)
         swap.record_diff(self.engine, building, diff)
-        if diff is not None:
+        if diff is not None and live is not None:
             log.info(
                 "%s: version %d differs from version %d: rows added %d, removed %d, changed %d",
                 projector.name,

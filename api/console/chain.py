@@ -14,9 +14,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from api.console import queries
 from api.console.session import checked_form, require
 from api.console.templating import SECURITY_HEADERS, redirect, render
+from api.services import services_of, with_connection
 from ledger import verify_job
 from ledger.store import read_head
 
@@ -55,12 +55,12 @@ def snapshot(job: verify_job.Job | None) -> dict[str, Any]:
 
 async def last_check(request: Request) -> dict[str, Any]:
     """The snapshot of the running or last verification, read from the database."""
-    return snapshot(await queries.run(request, verify_job.latest))
+    return snapshot(await with_connection(request, verify_job.latest))
 
 
 async def page(request: Request) -> Response:
     require(request, "read")
-    head, head_hash = await queries.run(request, read_head)
+    head, head_hash = await with_connection(request, read_head)
     return render(
         request,
         "chain.html",
@@ -77,7 +77,7 @@ async def verify(request: Request) -> Response:
     """Verify the chain from position 1 (admin), or join the running verification; the
     page shows the progress."""
     principal, _ = await checked_form(request, "admin")
-    engine = request.app.state.hl.engine
+    engine = services_of(request).engine
     job, started = await run_in_threadpool(verify_job.claim, engine, 1, principal.name)
     if started:
         verify_job.run_in_background(engine, job)

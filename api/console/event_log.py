@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from api.console import chain, queries
 from api.console.session import ConsoleError, require
 from api.console.templating import ENV, SECURITY_HEADERS, base, render
+from api.services import services_of, with_connection
 from ledger.schema import events
 from ledger.store import read_head
 from ledger.timefmt import iso_from_us
@@ -137,7 +138,7 @@ async def log_page(request: Request) -> Response:
     filters = queries.EventFilter.parse(request.query_params)
     before, after = _position(request, "before"), _position(request, "after")
     limit = _limit(request)
-    hl = request.app.state.hl
+    hl = services_of(request)
     configured = list(hl.config.sources)
 
     def read(conn):
@@ -145,7 +146,7 @@ async def log_page(request: Request) -> Response:
         page = queries.page_of_events(conn, filters, before, after, limit)
         return head, head_hash, page, load_chart(conn, configured)
 
-    head, head_hash, page, drawn = await queries.run(request, read)
+    head, head_hash, page, drawn = await with_connection(request, read)
     newest = page.rows[0].position if page.rows else 0
     return render(
         request,
@@ -170,7 +171,7 @@ async def tail(request: Request) -> Response:
     require(request, "read")
     filters = queries.EventFilter.parse(request.query_params)
     after = _position(request, "after") or 0
-    rows = await queries.run(request, queries.events_after, filters, after, TAIL_ROWS)
+    rows = await with_connection(request, queries.events_after, filters, after, TAIL_ROWS)
     html = ENV.get_template("_event_rows.html").render(ui=base(request), rows=rows, fresh=True)
     last = rows[0].position if rows else after
     return JSONResponse(

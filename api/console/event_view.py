@@ -16,6 +16,7 @@ from api.audit import raw_headers
 from api.console import queries
 from api.console.session import ConsoleError, require
 from api.console.templating import SECURITY_HEADERS, render
+from api.services import services_of, with_connection
 from ledger import store
 from projections import registry
 from projections.model import Event
@@ -114,7 +115,7 @@ def headers_of(row: Row) -> list[tuple[str, str]]:
 async def event_page(request: Request) -> Response:
     require(request, "read")
     position = _position(request)
-    hl = request.app.state.hl
+    hl = services_of(request)
 
     def read(conn: Connection):
         row = store.get_event(conn, position)
@@ -128,7 +129,7 @@ async def event_page(request: Request) -> Response:
         head, _ = store.read_head(conn)
         return row, queries.deliveries(conn, row), verdicts, head
 
-    found = await queries.run(request, read)
+    found = await with_connection(request, read)
     if found is None:
         raise ConsoleError(404, "Not found", f"There is no event at position {position}.")
     row, others, verdicts, head = found
@@ -153,7 +154,7 @@ async def raw(request: Request) -> Response:
     """The exact body bytes, as a download (never rendered by the browser)."""
     require(request, "read")
     position = _position(request)
-    row = await queries.run(request, store.get_event, position)
+    row = await with_connection(request, store.get_event, position)
     if row is None:
         raise ConsoleError(404, "Not found", f"There is no event at position {position}.")
     if row.body is None:

@@ -12,9 +12,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from api.console import queries
 from api.console.session import ConsoleError, checked_form, require
 from api.console.templating import SECURITY_HEADERS, redirect, render
+from api.services import services_of, with_connection
 from ledger.db import translated
 from ledger.store import read_head
 from projections import query, registry
@@ -29,14 +29,14 @@ ERRORS_SHOWN = 50
 
 def _projector(request: Request) -> Projector:
     name = request.path_params["name"]
-    projector = request.app.state.hl.projectors.get(name)
+    projector = services_of(request).projectors.get(name)
     if projector is None:
         raise ConsoleError(404, "Not found", f"No projection named {name!r} is configured.")
     return projector
 
 
 async def _entries(request: Request) -> list[dict[str, Any]]:
-    hl = request.app.state.hl
+    hl = services_of(request)
     return await run_in_threadpool(status, hl.engine, hl.projectors)
 
 
@@ -121,7 +121,7 @@ async def detail(request: Request) -> Response:
         )
         return entry, page, errors
 
-    entry, page, errors = await queries.run(request, read)
+    entry, page, errors = await with_connection(request, read)
     return render(
         request,
         "projection.html",
@@ -142,7 +142,7 @@ async def rebuild(request: Request) -> Response:
     """Start a rebuild (admin), then show the page it came from with the progress bar."""
     _, form = await checked_form(request, "admin")
     projector = _projector(request)
-    hl = request.app.state.hl
+    hl = services_of(request)
 
     def start():
         with translated():

@@ -4,17 +4,14 @@ and the handler errors recorded at a position. Every value is a bound parameter.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Row, select
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
 
 from api.console.session import ConsoleError
 from ledger import store
-from ledger.db import translated
 from ledger.schema import events
 from ledger.timefmt import iso_from_us, us_from_iso
 from projections.schema import projection_errors
@@ -23,17 +20,6 @@ T = TypeVar("T")
 MAX_PAGE = 500
 DEFAULT_PAGE = 50
 _LOCAL_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d(:\d\d)?$")
-
-
-def run(request: Request, fn: Callable[..., T], *args: Any) -> T:
-    """Call fn(conn, *args) on a pooled connection in a worker thread."""
-    engine = request.app.state.hl.engine
-
-    def call() -> T:
-        with translated(), engine.connect() as conn:
-            return fn(conn, *args)
-
-    return run_in_threadpool(call)  # type: ignore[return-value]
 
 
 def _instant(name: str, raw: str) -> int | None:

@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.auth import match_token, presented_token
+from api.services import services_of
 from ledger.config import Token
 from ledger.db import translated, writer
 from ledger.schema import console_sessions
@@ -98,7 +99,7 @@ def csrf_token(request: Request, principal_sid: str) -> str:
 
 
 def _configured(request: Request) -> tuple[Token, ...]:
-    return request.app.state.hl.config.tokens
+    return services_of(request).config.tokens
 
 
 def current_session(request: Request) -> Session:
@@ -116,7 +117,7 @@ def current_session(request: Request) -> Session:
 
 
 def _engine(request: Request):
-    return request.app.state.hl.engine
+    return services_of(request).engine
 
 
 async def load(request: Request) -> None:
@@ -245,7 +246,7 @@ def set_session_cookie(request: Request, response: Response, session: Session | 
     path = request.scope.get("root_path", "") + PREFIX
     secure = request.url.scheme == "https"
     if session is None:
-        response.delete_cookie(COOKIE, path=path, secure=secure, httponly=True, samesite="Lax")
+        response.delete_cookie(COOKIE, path=path, secure=secure, httponly=True, samesite="lax")
         return
     response.set_cookie(
         COOKIE,
@@ -254,5 +255,5 @@ def set_session_cookie(request: Request, response: Response, session: Session | 
         path=path,
         httponly=True,
         secure=secure,
-        samesite="Lax",
+        samesite="lax",
     )

@@ -16,6 +16,7 @@ from starlette.responses import Response
 from api.auth import match_token
 from api.console import session
 from api.console.templating import base, redirect, render
+from api.services import services_of
 
 
 def _next(request: Request, raw: str) -> str:
@@ -45,7 +46,7 @@ def _form(request: Request, status: int = 200, problem: str | None = None, token
 
 
 async def login(request: Request) -> Response:
-    tokens = request.app.state.hl.config.tokens
+    tokens = services_of(request).config.tokens
     if request.method == "GET":
         if not tokens:
             return redirect(request, "/")

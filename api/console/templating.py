@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -95,7 +96,7 @@ def render(
     template: str,
     context: dict[str, Any] | None = None,
     status: int = 200,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> HTMLResponse:
     """A page with the console's common context, security headers and session cookie."""
     principal = getattr(request.state, "principal", None)
@@ -124,7 +125,7 @@ def redirect(request: Request, path: str, **params: Any) -> RedirectResponse:
 
 
 def error_page(
-    request: Request, status: int, title: str, detail: str, headers: dict[str, str] | None = None
+    request: Request, status: int, title: str, detail: str, headers: Mapping[str, str] | None = None
 ) -> HTMLResponse:
     return render(request, "error.html", {"title": title, "detail": detail}, status, headers)
 
