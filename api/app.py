@@ -24,6 +24,7 @@ from api.access_log import AccessLines, AccessLog
 from api.deadlines import BodyDeadlines
 from api.errors import HANDLERS, error_response
 from api.guard import Guard, HostCheck
+from api.handover import received
 from api.ingest import Ingest, hooks_source
 from api.metrics import Metrics
 from api.openapi import openapi
@@ -122,7 +123,11 @@ class HookledgerApp(Starlette):
 
 
 def create_app(
-    config: Config, *, migrate_on_start: bool = False, run_projectors: bool = True
+    config: Config,
+    *,
+    migrate_on_start: bool = False,
+    run_projectors: bool = True,
+    console_key: bytes | None = None,
 ) -> Starlette:
     """The ASGI app for `config`; resources open in the lifespan and close after it.
 
@@ -187,11 +192,19 @@ def create_app(
         middleware=middleware,
     )
     app.hosts = HostCheck(config)
-    console.install(app)
+    console.install(app, console_key)
     return app
 
 
-def app_from_env() -> Starlette:
-    """Factory for uvicorn workers: the config path comes from HOOKLEDGER_CONFIG."""
-    config = load_config(os.environ.get("HOOKLEDGER_CONFIG") or None)
-    return create_app(config, run_projectors=not os.environ.get("HOOKLEDGER_NO_PROJECTOR"))
+def app_from_handover() -> Starlette:
+    """Factory for the uvicorn workers of `serve`, from what it handed them."""
+    handover = received()
+    if handover is None:
+        raise RuntimeError("api.app:app_from_handover is for the workers `hookledger serve` starts")
+    env = {**os.environ, "HOOKLEDGER_DATABASE_URL": handover.database_url}
+    config = load_config(handover.config_path, env)
+    return create_app(
+        config,
+        run_projectors=handover.run_projectors,
+        console_key=bytes.fromhex(handover.console_key),
+    )

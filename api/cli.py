@@ -1,148 +1,78 @@
-"""The `hookledger` console script: the ledger's commands plus `serve` and the projection ones.
+"""The `hookledger` console script: one parser, built here from the command modules.
 
-`ledger.cli` owns the command-line framework and the log's commands; this
-module adds the HTTP server and plugs in `projections.cli`, keeping the
-dependencies one way (api -> projections -> ledger).
+Each module in COMMAND_MODULES has `add_commands(add, common)`, which adds its
+commands with their arguments; a command imports what it needs when it runs, so
+`hookledger --help` stays quick. Every command takes `--config FILE`. Errors are
+one line on standard error and a non-zero exit (2 for configuration problems, 1
+for the others); never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
-import socket
+import logging
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from api.console import KEY_ENV as CONSOLE_KEY_ENV
-from ledger import cli as ledger_cli
-from ledger.cli import err, is_loopback
-from ledger.config import Config
+from api import serve_command
+from ledger import audit_commands, log_commands
+from ledger.command_line import CommandFn, dispose_engines
+from ledger.config import load_config
 from ledger.errors import ConfigError, HookledgerError
-from projections import cli as projections_cli
+from ledger.terminal import err
+from projections import commands as projection_commands
+
+COMMAND_MODULES = (log_commands, audit_commands, projection_commands, serve_command)
 
 
-def cmd_serve(args: argparse.Namespace, config: Config) -> int:
-    import uvicorn
-
-    from api.app import startup_warnings
-    from api.wire import HEAD_TIMEOUT_ENV
-    from ledger.db import make_engine
-    from projections.projector import load_projectors
-
-    if not config.tokens and not is_loopback(args.host) and not args.insecure_no_auth:
-        raise ConfigError(
-            f"refusing to serve {args.host} with no [[tokens]] configured: the API would be "
-            "open to the network. Configure tokens, bind 127.0.0.1, or pass --insecure-no-auth"
-        )
-    projectors = load_projectors(config)  # a bad definition fails here, in one line
-    _check_can_listen(args.host, args.port)  # before migrating: a busy port changes nothing
-    engine = make_engine(config.database_url)
-    try:
-        _migrate_when_reachable(engine, args.wait_for_db)
-        where = engine.url.render_as_string(hide_password=True)
-    finally:
-        engine.dispose()
-    for warning in startup_warnings(config):
-        err.print(f"warning: {warning}", style="yellow")
-    if config.path:
-        os.environ["HOOKLEDGER_CONFIG"] = os.path.abspath(config.path)
-    os.environ["HOOKLEDGER_DATABASE_URL"] = config.database_url
-    if args.no_projector:
-        os.environ["HOOKLEDGER_NO_PROJECTOR"] = "1"
-    # One console signing key for all worker processes of this server, new at each start.
-    os.environ[CONSOLE_KEY_ENV] = secrets.token_hex(32)
-    os.environ[HEAD_TIMEOUT_ENV] = repr(config.server.body_timeout_seconds)
-    raise_file_limit()
-    workers = "no projectors" if args.no_projector or not projectors else "projectors in-process"
-    err.print(f"hookledger serving on http://{args.host}:{args.port} (database {where}; {workers})")
-    uvicorn.run(
-        "api.app:app_from_env",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        access_log=False,
-        http="api.wire:HeadDeadlineProtocol",  # uvicorn never times out a request head
-        log_level="info",
-        timeout_graceful_shutdown=10,
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,  # so a subcommand's default never hides the parent's value
+        help="TOML config (default: $HOOKLEDGER_CONFIG, else ./hookledger.toml, else built-ins)",
     )
-    return 0
-
-
-def raise_file_limit(wanted: int = 65536) -> None:
-    """Raise the soft limit on open files towards the hard one: each connection takes a
-    descriptor, and the common soft default (1024) is what slow clients exhaust first."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
-def _check_can_listen(host: str, port: int) -> None:
-    """Fail in one line when `host:port` cannot be bound (in use, not ours, no such address)."""
-    try:
-        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
-    except OSError as e:
-        raise HookledgerError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            probe.bind(address)
-        except OSError as e:
-            raise HookledgerError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-
-
-def _migrate_when_reachable(engine, wait_s: float) -> None:
-    """Migrate, waiting up to `wait_s` for a database that is still starting or restarting."""
-    from ledger import migrate
-    from ledger.errors import StorageUnavailable
-
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            migrate.upgrade(engine)
-            return
-        except StorageUnavailable as e:
-            if time.monotonic() >= deadline:
-                raise
-            err.print(f"waiting for the database: {e}", style="yellow")
-            time.sleep(1.0)
-
-
-def register(add: Callable[..., argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
-    """Add `serve` to the CLI."""
-    p = add("serve", cmd_serve, "migrate, then serve the HTTP API (and run the projectors)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--workers", type=int, default=1, help="API processes (default 1)")
-    p.add_argument(
-        "--no-projector", action="store_true", help="do not run projectors in this process"
+    parser = argparse.ArgumentParser(
+        prog="hookledger",
+        description="A webhook ledger: verbatim, hash-chained ingest with rebuildable projections.",
+        parents=[common],
     )
-    p.add_argument(
-        "--wait-for-db",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
-        help="keep retrying an unreachable database this long at start (default 30)",
-    )
-    p.add_argument(
-        "--insecure-no-auth",
-        action="store_true",
-        help="allow a non-loopback address with no [[tokens]] configured",
-    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def add(name: str, fn: CommandFn | None, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        if fn is not None:
+            p.set_defaults(fn=fn)
+        return p
 
-PLUGINS = (register, projections_cli.register)
+    for module in COMMAND_MODULES:
+        module.add_commands(add, common)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `hookledger` console script."""
-    return ledger_cli.main(argv, plugins=PLUGINS)
+    """Entry point of the `hookledger` console script: run one command."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # Alembic announces each of its plugins at INFO on import: noise on every command.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(getattr(args, "config", None))
+        return args.fn(args, config)
+    except ConfigError as e:
+        err.print(f"hookledger: {e}", style="red")  # as text: messages quote user input
+        return 2
+    except HookledgerError as e:
+        err.print(f"hookledger: {e}", style="red")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        dispose_engines()
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 uvicorn times out neither a connection that never sends a byte nor a request
 line and headers that trickle in, so each such connection holds a file
 descriptor for as long as its client likes (a few hundred exhaust a low file
-limit). Here the head must be complete within `HEAD_TIMEOUT_ENV` seconds
-(`serve` sets it to `body_timeout_seconds`) of the connection, or of the first
+limit). Here the head must be complete within `body_timeout_seconds` (handed
+over by `serve`, `api.handover`) of the connection, or of the first
 byte of a keep-alive request; otherwise the connection gets 408 and is closed.
 The body's own deadline is kept by `api.deadlines`. One sweep a process checks
 every connection, so a request costs a clock read rather than a timer.
@@ -13,13 +13,13 @@ every connection, so a request costs a clock read rather than a timer.
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any, ClassVar
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-HEAD_TIMEOUT_ENV = "HOOKLEDGER_HEAD_TIMEOUT"
+from api.handover import received
+
 DEFAULT_HEAD_TIMEOUT_S = 30.0
 MAX_TICK_S = 0.25
 
@@ -66,7 +66,8 @@ class _Sweep:
     def __init__(self, loop: asyncio.AbstractEventLoop, connections: set) -> None:
         self.loop = loop
         self.connections = connections
-        self.seconds = float(os.environ.get(HEAD_TIMEOUT_ENV) or DEFAULT_HEAD_TIMEOUT_S)
+        handover = received()
+        self.seconds = DEFAULT_HEAD_TIMEOUT_S if handover is None else handover.head_timeout_s
         self.tick = min(MAX_TICK_S, self.seconds / 4)
         self.answer = _answer_408(self.seconds)
         loop.call_later(self.tick, self._run)

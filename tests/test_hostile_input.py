@@ -810,7 +810,7 @@ def test_serve_raises_a_low_soft_file_limit():
     expected = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
     code = (
         "import resource\n"
-        "from api.cli import raise_file_limit\n"
+        "from api.serve_command import raise_file_limit\n"
         "raise_file_limit()\n"
         "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
     )

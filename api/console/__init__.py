@@ -21,25 +21,18 @@ from starlette.types import ASGIApp
 from api.console import chain, event_log, event_view, projection_pages, session, signin, templating
 from api.console.session import PREFIX
 
-KEY_ENV = "HOOKLEDGER_CONSOLE_KEY"  # set by `serve` for its workers; never configured by hand
-
 
 @dataclass
 class ConsoleState:
     """Per-process console state: the CSRF signing key."""
 
-    key: bytes = field(default_factory=lambda: _shared_key() or os.urandom(32))
+    key: bytes = field(default_factory=lambda: os.urandom(32))
 
 
-def _shared_key() -> bytes | None:
-    """The key `serve` hands its worker processes, so a session works on any of them."""
-    value = os.environ.get(KEY_ENV)
-    return bytes.fromhex(value) if value else None
-
-
-def install(app: Starlette) -> None:
-    """Give `app` its CSRF key (open forms go stale when the server restarts)."""
-    app.state.console = ConsoleState()
+def install(app: Starlette, key: bytes | None = None) -> None:
+    """Give `app` its CSRF key: `serve` hands all its workers the same one, so a form
+    works on any of them (open forms go stale when the server restarts)."""
+    app.state.console = ConsoleState() if key is None else ConsoleState(key)
 
 
 def _html_errors(app: ASGIApp) -> ASGIApp:

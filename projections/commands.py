@@ -6,26 +6,23 @@ import argparse
 import signal
 import threading
 import time
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import orjson
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
-
-from ledger.cli import err, open_engine, out
+from ledger.command_line import AddCommand, open_engine
 from ledger.config import Config
-from ledger.db import translated
 from ledger.errors import ConfigError
-from ledger.store import read_head
-from ledger.terminal import text
-from projections import registry
-from projections.projector import Projector, load_projectors
-from projections.signals import PgListener
-from projections.status import status
-from projections.worker import Worker
+from ledger.terminal import err, out, text
+
+if TYPE_CHECKING:
+    from projections.projector import Projector
+
+# The engine's modules are imported by the commands that use them, not here:
+# `hookledger --help` loads this module to list the commands.
 
 
 def _projectors(config: Config, only: list[str] | None = None) -> dict[str, Projector]:
+    from projections.projector import load_projectors
+
     projectors = load_projectors(config)
     if only:
         unknown = [n for n in only if n not in projectors]
@@ -36,6 +33,9 @@ def _projectors(config: Config, only: list[str] | None = None) -> dict[str, Proj
 
 
 def cmd_project(args: argparse.Namespace, config: Config) -> int:
+    from projections.signals import PgListener
+    from projections.worker import Worker
+
     projectors = _projectors(config, args.only)
     if not projectors:
         raise ConfigError(f"{config.path or '<defaults>'}: no [projections.*] are configured")
@@ -61,6 +61,10 @@ def cmd_project(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    from rich.table import Table
+
+    from projections.status import status
+
     projectors = _projectors(config)
     engine = open_engine(config)
     entries = status(engine, projectors)
@@ -114,6 +118,9 @@ def _rebuild_cell(rebuild: dict | None) -> str:
 
 
 def cmd_rebuild(args: argparse.Namespace, config: Config) -> int:
+    from ledger.db import translated
+    from projections import registry
+
     projector = _projectors(config, [args.name])[args.name]
     engine = open_engine(config)
     with translated():
@@ -127,6 +134,13 @@ def cmd_rebuild(args: argparse.Namespace, config: Config) -> int:
 
 def _follow(engine, projector: Projector, version: int) -> int:
     """Work the rebuild here when no other worker holds the lease; show progress until swap."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ledger.db import translated
+    from ledger.store import read_head
+    from projections import registry
+    from projections.worker import Worker
+
     worker = Worker(engine, {projector.name: projector})
     bar = Progress(
         TextColumn(f"rebuilding {projector.name} v{version}"),
@@ -171,6 +185,8 @@ def _follow(engine, projector: Projector, version: int) -> int:
 
 
 def _diff(row) -> str:
+    import orjson
+
     if not row.diff:
         return ""
     d = orjson.loads(row.diff)
@@ -178,6 +194,9 @@ def _diff(row) -> str:
 
 
 def cmd_retry(args: argparse.Namespace, config: Config) -> int:
+    from ledger.db import translated
+    from projections import registry
+
     projector = _projectors(config, [args.name])[args.name]
     engine = open_engine(config)
     with translated():
@@ -189,8 +208,8 @@ def cmd_retry(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def register(add: Callable[..., argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
-    """Add the projection commands to the CLI."""
+def add_commands(add: AddCommand, common: argparse.ArgumentParser) -> None:
+    """project, status, rebuild, projections retry."""
     p = add("project", cmd_project, "run a projector worker (no HTTP); any number may run")
     p.add_argument("--only", nargs="+", metavar="NAME", help="work only these projections")
     add("status", cmd_status, "one row per projection: version, state, position, lag, rows")

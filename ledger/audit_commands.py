@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections.abc import Callable
 
-from ledger.cli import err, open_engine, out, positive_int
+from ledger.command_line import AddCommand, open_engine, positive_int
 from ledger.config import Config
 from ledger.errors import ConfigError, HookledgerError
-from ledger.terminal import text, visible
+from ledger.terminal import err, out, text, visible
 
 
 def cmd_events(args: argparse.Namespace, config: Config) -> int:
@@ -198,8 +197,8 @@ def cmd_rejections(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def register(add: Callable[..., argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
-    """Add the audit commands to the CLI."""
+def add_commands(add: AddCommand, common: argparse.ArgumentParser) -> None:
+    """events (and events show), send, rejections (and rejections prune)."""
     p = add("events", cmd_events, "list events, or show one with `events show POS`")
     p.add_argument("--source", help="only this source")
     p.add_argument("--type", help="only this event type")

@@ -1,61 +1,17 @@
-"""The `hookledger` command line.
-
-Every command takes `--config FILE`. Errors are one line on standard
-error and a non-zero exit (2 for configuration problems); never a traceback.
-"""
+"""The log's commands: migrate, verify, export, import, erase."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import ipaddress
-import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-from ledger.config import Config, load_config
+from ledger.command_line import AddCommand, open_engine, positive_int, progress
+from ledger.config import Config
 from ledger.errors import ConfigError, HookledgerError
 from ledger.terminal import err, out  # text consoles: wire values are never markup
-
-LOOPBACK_NAMES = {"localhost"}
-
-
-def is_loopback(host: str) -> bool:
-    """True for addresses only this machine can reach."""
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def progress() -> Progress:
-    """A progress bar on standard error (quiet when it is not a terminal)."""
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-    )
-
-
-_ENGINES: list = []
-
-
-def open_engine(config: Config):
-    from ledger.db import make_engine
-
-    engine = make_engine(config.database_url)
-    _ENGINES.append(engine)  # disposed when the command ends (see `main`)
-    return engine
-
 
 # --- commands ---------------------------------------------------------------
 
@@ -216,45 +172,8 @@ def cmd_erase(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-# --- parser -----------------------------------------------------------------
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: an integer of at least 1 (a negative LIMIT fails on PostgreSQL)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-Plugin = Callable[[Callable[..., argparse.ArgumentParser], argparse.ArgumentParser], None]
-
-
-def build_parser(plugins: Sequence[Plugin] = ()) -> argparse.ArgumentParser:
-    """The parser with the log's commands, plus those each plugin adds (`api.cli`)."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--config",
-        metavar="FILE",
-        default=argparse.SUPPRESS,  # so a subcommand's default never hides the parent's value
-        help="TOML config (default: $HOOKLEDGER_CONFIG, else ./hookledger.toml, else built-ins)",
-    )
-    parser = argparse.ArgumentParser(
-        prog="hookledger",
-        description="A webhook ledger: verbatim, hash-chained ingest with rebuildable projections.",
-        parents=[common],
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add(name: str, fn: Callable | None, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
-        if fn is not None:
-            p.set_defaults(fn=fn)
-        return p
-
+def add_commands(add: AddCommand, common: argparse.ArgumentParser) -> None:
+    """migrate, verify, export, import, erase."""
     add("migrate", cmd_migrate, "upgrade the configured database to the newest schema")
 
     p = add("verify", cmd_verify, "re-compute the hash chain and body digests")
@@ -262,7 +181,7 @@ def build_parser(plugins: Sequence[Plugin] = ()) -> argparse.ArgumentParser:
         "--from", dest="start", type=int, default=1, metavar="POS", help="first position"
     )
 
-    p = add("export", cmd_export, "write the log as JSON Lines (SPEC 4.3)")
+    p = add("export", cmd_export, "write the log as chained JSON Lines, the format `import` reads")
     p.add_argument("--from", dest="start", type=int, default=1, metavar="POS")
     p.add_argument("--to", dest="stop", type=int, default=None, metavar="POS")
     p.add_argument("-o", "--output", metavar="FILE", help="file to write (default stdout)")
@@ -276,37 +195,3 @@ def build_parser(plugins: Sequence[Plugin] = ()) -> argparse.ArgumentParser:
     p.add_argument("--to", dest="stop", type=positive_int, metavar="POS")
     p.add_argument("--reason", help="why, kept with the erasure record")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-
-    from ledger import audit_cli  # the audit commands, registered like any plugin
-
-    for plugin in (audit_cli.register, *plugins):
-        plugin(add, common)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None, plugins: Sequence[Plugin] = ()) -> int:
-    """Run one command; `api.cli.main` is the console script and passes its plugins."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # Alembic announces each of its plugins at INFO on import: noise on every command.
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-    args = build_parser(plugins).parse_args(argv)
-    try:
-        config = load_config(getattr(args, "config", None))
-        return args.fn(args, config)
-    except ConfigError as e:
-        err.print(f"hookledger: {e}", style="red")  # as text: messages quote user input
-        return 2
-    except HookledgerError as e:
-        err.print(f"hookledger: {e}", style="red")
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        while _ENGINES:
-            _ENGINES.pop().dispose()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
