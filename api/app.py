@@ -128,6 +128,7 @@ def create_app(
     migrate_on_start: bool = False,
     run_projectors: bool = True,
     console_key: bytes | None = None,
+    warn_at_start: bool = True,
 ) -> Starlette:
     """The ASGI app for `config`; resources open in the lifespan and close after it.
 
@@ -140,7 +141,7 @@ def create_app(
         engine = make_engine(config.database_url)
         if migrate_on_start:
             await run_in_threadpool(migrate.upgrade, engine)
-        for warning in startup_warnings(config):
+        for warning in startup_warnings(config) if warn_at_start else ():
             log.warning(warning)
         applied = Applied(asyncio.get_running_loop())
         worker = (
@@ -207,4 +208,5 @@ def app_from_handover() -> Starlette:
         config,
         run_projectors=handover.run_projectors,
         console_key=bytes.fromhex(handover.console_key),
+        warn_at_start=False,  # `serve` printed them once, before starting the workers
     )

@@ -51,6 +51,7 @@ def progress() -> Progress:
         TimeRemainingColumn(),
         console=err,
         transient=True,
+        disable=not err.is_terminal,  # piped or logged: the result line alone, no blank line
     )
 
 

@@ -8,6 +8,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -588,3 +589,56 @@ def test_serve_on_a_port_in_use_is_one_line_before_migrating(tmp_path):
     line = one_line(stderr)
     assert f"cannot listen on 127.0.0.1:{port}" in line and "in use" in line
     assert not db.exists()  # refused before migrating anything
+
+
+def test_serve_prints_each_start_up_warning_once(tmp_path):
+    """`serve` warns before starting its workers; the workers do not say it again."""
+    db = tmp_path / "serve.db"
+    cfg = write_config(
+        tmp_path / "hookledger.toml",
+        f"sqlite:///{db}",
+        '[sources.gh]\nverifier = "github"\nsecret_env = "HL_TEST_UNSET_SECRET"\n',
+    )
+    port = free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("HOOKLEDGER_", "HL_TEST"))}
+    log = tmp_path / "serve.log"
+    with log.open("wb") as sink:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "api.cli", "serve", "--config", cfg, "--port", str(port)],
+            cwd=tmp_path,
+            env={**base, "PYTHONPATH": str(ROOT)},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while b"Application startup complete" not in log.read_bytes():
+            assert server.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    text = log.read_text()
+    assert text.count("source 'gh' is not configured: HL_TEST_UNSET_SECRET is unset") == 1, text
+
+
+def test_verify_and_import_piped_print_their_result_line_alone(tmp_path):
+    cfg = write_config(tmp_path / "hookledger.toml", f"sqlite:///{tmp_path / 'a.db'}")
+    assert run_cli("migrate", "--config", cfg, cwd=tmp_path).returncode == 0
+    verified = run_cli("verify", "--config", cfg, cwd=tmp_path)
+    assert (verified.returncode, verified.stdout, verified.stderr) == (
+        0,
+        b"chain intact: 0 events checked\n",
+        b"",
+    )
+    export = tmp_path / "empty.jsonl"
+    export.write_bytes(b"")
+    other = write_config(tmp_path / "other.toml", f"sqlite:///{tmp_path / 'b.db'}")
+    assert run_cli("migrate", "--config", other, cwd=tmp_path).returncode == 0
+    imported = run_cli("import", str(export), "--config", other, cwd=tmp_path)
+    assert (imported.returncode, imported.stdout, imported.stderr) == (
+        0,
+        b"imported 0 events; chain verified\n",
+        b"",
+    )
