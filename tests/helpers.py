@@ -52,3 +52,25 @@ def stored_bodies(url: str) -> list[bytes | None]:
         return [r.body for r in iter_events(engine)]
     finally:
         engine.dispose()
+
+
+ERROR_KEYS = {"error", "detail"}
+
+
+def assert_error(response, status: int | None = None, code: str | None = None) -> dict:
+    """The one JSON error body: exactly `error` and `detail`, both non-empty text; with
+    `status` and `code`, those too. Returns the body."""
+    if status is not None:
+        assert response.status_code == status, response.text
+    assert response.headers.get("content-type", "").startswith("application/json"), (
+        response.status_code,
+        response.headers,
+        response.content[:200],
+    )
+    doc = response.json()
+    assert set(doc) == ERROR_KEYS, doc
+    assert isinstance(doc["error"], str) and doc["error"]
+    assert isinstance(doc["detail"], str) and doc["detail"]
+    if code is not None:
+        assert doc["error"] == code, doc
+    return doc

@@ -15,8 +15,7 @@ from starlette.testclient import TestClient
 from api.app import ROUTES, create_app
 from ledger.db import make_engine
 from tests.conftest import config_from
-
-ERROR_KEYS = {"error", "detail"}
+from tests.helpers import assert_error
 
 SOURCES = """
 [sources.a]
@@ -51,18 +50,6 @@ TOKEN_ENV = {
     "OPS_TOKEN": "o-token-4567890123",
     "SIGNED_SECRET": "k",
 }
-
-
-def assert_error(response, status: int, code: str | None = None) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json"), response.headers
-    doc = response.json()
-    assert set(doc) == ERROR_KEYS, doc
-    assert isinstance(doc["error"], str) and doc["error"]
-    assert isinstance(doc["detail"], str) and doc["detail"]
-    if code is not None:
-        assert doc["error"] == code, doc
-    return doc
 
 
 def post(c, source: str, body: bytes, **headers: str) -> int:

@@ -36,10 +36,10 @@ from hypothesis import strategies as st
 
 from ledger.store import iter_events
 from ledger.verify import verify_ledger
+from tests.helpers import ERROR_KEYS, assert_error
 from tests.pg import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-ERROR_KEYS = {"error", "detail"}
 HMAC_SECRET = "fuzz-hmac-secret"
 STRIPE_SECRET = "whsec_fuzz"
 
@@ -67,19 +67,6 @@ secret_env = "HL_FUZZ_UNSET"
 signature_header = "X-Signature"
 """
 FUZZ_ENV = {"HL_FUZZ_HMAC": HMAC_SECRET, "HL_FUZZ_STRIPE": STRIPE_SECRET}
-
-
-def assert_error_shape(response) -> dict:
-    assert response.headers.get("content-type", "").startswith("application/json"), (
-        response.status_code,
-        response.headers,
-        response.content[:200],
-    )
-    doc = response.json()
-    assert set(doc) == ERROR_KEYS, doc
-    assert isinstance(doc["error"], str) and doc["error"]
-    assert isinstance(doc["detail"], str) and doc["detail"]
-    return doc
 
 
 # --- (a) fuzzing in-process ------------------------------------------------------------------
@@ -229,7 +216,7 @@ def test_fuzzed_requests_never_500_and_never_corrupt_the_log(make_client, fuzz_s
         elif 300 <= r.status_code < 400:
             assert r.status_code in (307, 308)  # Starlette's trailing-slash redirect
         else:
-            doc = assert_error_shape(r)
+            doc = assert_error(r)
             if r.status_code == 503:
                 assert doc["error"] == "source_not_configured", doc
 

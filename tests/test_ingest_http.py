@@ -10,7 +10,7 @@ import hashlib
 import hmac
 from collections.abc import Iterator
 
-ERROR_KEYS = {"error", "detail"}
+from tests.helpers import assert_error
 
 HMAC_SOURCE = """
 [sources.app]
@@ -30,17 +30,6 @@ event_id = "header:X-Event-Id"
 
 def sign(secret: str, body: bytes) -> str:
     return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def assert_error(response, status: int, code: str | None = None) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    doc = response.json()
-    assert set(doc) == ERROR_KEYS, doc
-    assert isinstance(doc["detail"], str) and doc["detail"]
-    if code is not None:
-        assert doc["error"] == code, doc
-    return doc
 
 
 def all_events(client) -> list[dict]:

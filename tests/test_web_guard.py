@@ -10,6 +10,8 @@ import re
 import httpx
 import pytest
 
+from tests.helpers import assert_error
+
 ADMIN, VIEWER = "guard-admin-token-0123", "guard-viewer-token-0123"
 SOURCES = """
 [sources.app]
@@ -27,13 +29,6 @@ TOKEN_ENV = {"GUARD_ADMIN": ADMIN}
 
 def config(db_url: str, extra: str = "") -> str:
     return f'database_url = "{db_url}"\n{extra}{SOURCES}'
-
-
-def assert_error(r: httpx.Response, status: int, code: str) -> None:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/json")
-    body = r.json()
-    assert body["error"] == code and body["detail"], body
 
 
 def head(url: str) -> int:
