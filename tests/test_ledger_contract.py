@@ -244,11 +244,10 @@ def test_a_large_batch_spans_several_insert_statements(engine):
     assert [r.hash for r in rows] == spec_chain(rows)
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_an_append_notifies_listeners_at_commit_on_postgresql(engine, db_url):
     """Projectors in other processes LISTEN; each committed batch wakes them, and a batch
     rolled back wakes nobody."""
-    if not db_url.startswith("postgresql"):
-        return
     import psycopg
 
     from ledger.store import NOTIFY_CHANNEL, append_batch

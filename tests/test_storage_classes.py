@@ -116,9 +116,9 @@ def test_api_handlers_answer_an_outage_503_and_a_bug_500_with_its_traceback(capl
 CONFIG = entities_toml()
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_every_state_changing_route_answers_503_while_sqlite_is_locked(make_client, db_url):
-    if not db_url.startswith("sqlite"):
-        return  # PostgreSQL outages: tests/test_storage_faults.py
+    # PostgreSQL outages: tests/test_storage_faults.py
     client = make_client(CONFIG)
     assert client.post("/hooks/app", content=b"{}").status_code == 202
     paths = {
