@@ -15,7 +15,7 @@ from typing import Any
 
 from ledger.errors import ConfigError
 from ledger.pointer import check as pointer_problem
-from ledger.verifiers import SCHEMES
+from ledger.signatures.registry import SCHEMES
 
 DEFAULT_DATABASE_URL = "sqlite:///hookledger.db"
 SCOPES = ("read", "admin")

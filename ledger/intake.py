@@ -17,8 +17,9 @@ import orjson
 from ledger.chain import REDACTED, canonical_headers
 from ledger.config import SourceConfig
 from ledger.rejections import SOURCE_NOT_CONFIGURED
+from ledger.signatures.registry import SCHEMES
+from ledger.signatures.scheme import Delivery, extract
 from ledger.store import NewEvent, Rejection
-from ledger.verifiers import SCHEMES, Delivery, extract
 
 _NOT_PARSED = object()
 

@@ -14,8 +14,13 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Row, func, select, text
 
 from ledger.schema import rejection_counts, rejection_usage, rejections
+from ledger.signatures.scheme import (
+    BAD_SIGNATURE,
+    FUTURE_TIMESTAMP,
+    MISSING_SIGNATURE,
+    STALE_TIMESTAMP,
+)
 from ledger.store import Rejection
-from ledger.verifiers import BAD_SIGNATURE, FUTURE_TIMESTAMP, MISSING_SIGNATURE, STALE_TIMESTAMP
 
 SOURCE_NOT_CONFIGURED = "source_not_configured"  # the source's secret variable is unset
 # Every reason a rejection is stored with: the verifiers' refusals, and the one above.

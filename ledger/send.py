@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ledger.config import SourceConfig
 from ledger.errors import ConfigError, HookledgerError
-from ledger.verifiers import SCHEMES
+from ledger.signatures.registry import SCHEMES
 
 
 @dataclass(frozen=True)

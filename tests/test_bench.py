@@ -17,7 +17,8 @@ from bench.ingest import CONFIG
 from bench.profile import parse_raw_profile
 from ledger.config import load_config
 from ledger.db import make_engine
-from ledger.verifiers import SCHEMES, Delivery
+from ledger.signatures.registry import SCHEMES
+from ledger.signatures.scheme import Delivery
 
 
 def test_the_benchmark_delivery_passes_hookledgers_verification(tmp_path, monkeypatch):

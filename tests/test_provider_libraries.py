@@ -398,8 +398,8 @@ def test_secret_env_forms_in_the_config(tmp_path):
 
 def test_send_gives_shopify_a_default_shop_domain():
     from ledger.config import SourceConfig
-    from ledger.providers import SHOPIFY_API_VERSION, SHOPIFY_SHOP_DOMAIN
     from ledger.send import signed_request
+    from ledger.signatures.providers import SHOPIFY_API_VERSION, SHOPIFY_SHOP_DOMAIN
 
     source = SourceConfig("shop", "shopify", "S", ("secret",))
     headers, _ = signed_request(source, b"{}", event_type="orders/create")

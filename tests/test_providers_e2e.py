@@ -2,7 +2,7 @@
 
 Signatures are made here with hmac/hashlib/base64 exactly as each provider
 documents it (`vectors/signatures.md` beside the spec), never with
-`ledger.verifiers` or `ledger.providers`: a scheme that drifted from its
+`ledger.signatures`: a scheme that drifted from its
 provider would sign and verify the same wrong bytes and still agree with itself.
 """
 

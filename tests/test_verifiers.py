@@ -17,7 +17,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from ledger.verifiers import SCHEMES, Delivery, Verdict, extract, first_of
+from ledger.signatures.registry import SCHEMES
+from ledger.signatures.scheme import Delivery, Verdict, extract, first_of
 
 PAYLOADS = Path(__file__).parent / "fixtures" / "payloads"
 NOW = 1_700_000_000

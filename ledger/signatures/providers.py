@@ -6,7 +6,7 @@ well formed (else `bad_signature`), a signature matches one of the secrets (else
 `bad_signature`), and only then the timestamp window (`stale_timestamp`,
 `future_timestamp`), so a genuine but old delivery is told apart from a forgery.
 Signatures must be spelled exactly as the provider spells them (lowercase hex,
-canonical base64). Importing this module registers the schemes in `SCHEMES`.
+canonical base64).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from ledger.verifiers import (
+from ledger.signatures.scheme import (
     BAD_SIGNATURE,
     MISSING_SIGNATURE,
     Delivery,
@@ -33,7 +33,6 @@ from ledger.verifiers import (
     hmac_sha256,
     match_any,
     parse_timestamp,
-    register,
     wire_bytes,
 )
 
@@ -284,5 +283,3 @@ PROVIDER_SCHEMES: Sequence[Scheme] = (
     ShopifyScheme(),
     SlackScheme(),
 )
-
-register(*PROVIDER_SCHEMES)

@@ -1,14 +1,5 @@
-"""Signature schemes: pure functions of headers, body, secrets and the clock.
-
-Each scheme answers two questions about a delivery: is it authentic
-(`verify`), and what are its event id and type (`identify`). It can also
-sign a body the way its provider does (`sign`), for `hookledger send` and
-the tests. Nothing here does I/O.
-
-This module holds the interface, the shared helpers and the generic
-schemes; the provider schemes (Standard Webhooks, Stripe, GitHub, Shopify,
-Slack) live in `ledger.providers`, which registers them into `SCHEMES`.
-"""
+"""The scheme interface and what every scheme shares: the delivery, the verdicts, and
+the helpers for headers, MACs, timestamps and constant-time matching."""
 
 from __future__ import annotations
 
@@ -17,9 +8,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from importlib import import_module
 from typing import Any
-from urllib.parse import parse_qsl
 
 from ledger.pointer import resolve, scalar_text
 
@@ -183,85 +172,3 @@ class Scheme:
     ) -> tuple[list[tuple[str, str]], str]:
         """Headers and query string that make this provider's signature for `body`."""
         raise NotImplementedError
-
-
-class NoneScheme(Scheme):
-    """No verification (development); the event is stored as `unverified`."""
-
-    name = "none"
-    needs_secret = False
-
-    def verify(self, delivery, secrets, now, tolerance, header=None) -> Verdict:
-        return Verdict()
-
-    def sign(self, body, secret, now, header=None, event_id=None, event_type=None):
-        return [], ""
-
-
-class TokenScheme(Scheme):
-    """A shared token, for senders that cannot sign: `Authorization: Bearer` or `?token=`."""
-
-    name = "token"
-
-    def verify(self, delivery, secrets, now, tolerance, header=None) -> Verdict:
-        auth = delivery.headers.get("authorization", "")
-        presented = auth[7:].strip() if auth[:7].lower() == "bearer " else None
-        if presented is None:
-            presented = dict(parse_qsl(delivery.query)).get("token")
-        if not presented:
-            return MISSING_SIGNATURE
-        return _match(presented.encode(), [s.encode() for s in secrets])
-
-    def sign(self, body, secret, now, header=None, event_id=None, event_type=None):
-        return [("Authorization", f"Bearer {secret}")], ""
-
-
-class HmacSha256Scheme(Scheme):
-    """Hex HMAC-SHA256 of the body (optionally `sha256=`-prefixed) in a configured header."""
-
-    name = "hmac-sha256"
-    needs_header = True
-    signs_only_body = True
-
-    def verify(self, delivery, secrets, now, tolerance, header=None) -> Verdict:
-        value = delivery.headers.get((header or "x-signature").lower())
-        if not value:
-            return MISSING_SIGNATURE
-        value = value.strip()
-        if value[:7].lower() == "sha256=":
-            value = value[7:]
-        try:
-            presented = bytes.fromhex(value)
-        except ValueError:
-            return BAD_SIGNATURE
-        return _match(presented, [hmac_sha256(s.encode(), delivery.body) for s in secrets])
-
-    def sign(self, body, secret, now, header=None, event_id=None, event_type=None):
-        headers = [(header or "X-Signature", hmac_sha256(secret.encode(), body).hex())]
-        return headers, ""
-
-
-def _match(presented: bytes, candidates: Sequence[bytes]) -> Verdict:
-    """Constant-time comparison against every candidate (rotation); the index that matched."""
-    return match_any([presented], candidates)
-
-
-SCHEMES: dict[str, Scheme] = {
-    s.name: s
-    for s in (
-        NoneScheme(),
-        TokenScheme(),
-        HmacSha256Scheme(),
-    )
-}
-
-
-def register(*schemes: Scheme) -> None:
-    """Add schemes to `SCHEMES` under their names."""
-    for scheme in schemes:
-        SCHEMES[scheme.name] = scheme
-
-
-# Last, so that `ledger.providers` finds everything above whichever module is imported
-# first; it registers the provider schemes into SCHEMES as it loads.
-import_module("ledger.providers")
