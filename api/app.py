@@ -18,8 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from api import audit, console
-from api import projections as proj_routes
+from api import audit, console, projection_routes
 from api.access_log import AccessLines, AccessLog
 from api.deadlines import BodyDeadlines
 from api.errors import HANDLERS, error_response
@@ -87,13 +86,13 @@ ROUTES = [
     Route("/v1/ledger", audit.ledger, methods=["GET"]),
     Route("/v1/ledger/verify", audit.verification, methods=["GET", "POST"]),
     Route("/v1/rejections", audit.list_rejections, methods=["GET"]),
-    Route("/v1/projections", proj_routes.list_projections, methods=["GET"]),
-    Route("/v1/projections/{name}", proj_routes.get_projection, methods=["GET"]),
-    Route("/v1/projections/{name}/rows", proj_routes.list_rows, methods=["GET"]),
-    Route("/v1/projections/{name}/rows/{key:path}", proj_routes.get_row, methods=["GET"]),
-    Route("/v1/projections/{name}/errors", proj_routes.list_errors, methods=["GET"]),
-    Route("/v1/projections/{name}/rebuild", proj_routes.rebuild, methods=["POST"]),
-    Route("/v1/projections/{name}/retry", proj_routes.retry, methods=["POST"]),
+    Route("/v1/projections", projection_routes.list_projections, methods=["GET"]),
+    Route("/v1/projections/{name}", projection_routes.get_projection, methods=["GET"]),
+    Route("/v1/projections/{name}/rows", projection_routes.list_rows, methods=["GET"]),
+    Route("/v1/projections/{name}/rows/{key:path}", projection_routes.get_row, methods=["GET"]),
+    Route("/v1/projections/{name}/errors", projection_routes.list_errors, methods=["GET"]),
+    Route("/v1/projections/{name}/rebuild", projection_routes.rebuild, methods=["POST"]),
+    Route("/v1/projections/{name}/retry", projection_routes.retry, methods=["POST"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
