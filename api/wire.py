@@ -13,6 +13,7 @@ every connection, so a request costs a clock read rather than a timer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any, ClassVar
 
 import orjson
@@ -38,15 +39,59 @@ def _answer_408(seconds: float) -> bytes:
     return head.encode("latin-1") + body
 
 
+LINGER_S = 2.0  # how long a closed connection still reads (and drops) what arrives
+
+
+class _GentleClose:
+    """A connection's transport whose `close` lets the answer reach the client.
+
+    Closing a socket while the client's bytes sit unread in it makes the kernel
+    send RST, and a client that is still sending (a body trickling in past its
+    deadline, a refused upload) then loses the 408 or 413 it was answered. Here
+    `close` sends the answer and a FIN, keeps reading and dropping what still
+    arrives, and closes for good on the client's FIN or after LINGER_S."""
+
+    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self.closing = False
+        self.write = transport.write  # the hot path, without __getattr__
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self.closing or self._transport.is_closing()
+
+    def close(self) -> None:
+        if self.is_closing():
+            return
+        self.closing = True
+        transport = self._transport
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        with contextlib.suppress(RuntimeError):
+            transport.resume_reading()
+        self._loop.call_later(LINGER_S, transport.close)
+
+
 class HeadDeadlineProtocol(HttpToolsProtocol):
-    """Pass as uvicorn's `http`: closes connections whose request head is overdue."""
+    """Pass as uvicorn's `http`: closes connections whose request head is overdue, and
+    closes every connection gently (`_GentleClose`)."""
 
     head_started: float | None = None  # loop time the awaited head started, else None
 
     def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
+        self.gentle = _GentleClose(transport, self.loop)
+        super().connection_made(self.gentle)  # type: ignore[arg-type]  # a stand-in for it
         self.head_started = self.loop.time()  # the first request's head is awaited now
         _Sweep.ensure(self.loop, self.connections)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.gentle.closing:  # closed: what still arrives is dropped
+            super().data_received(data)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

@@ -810,3 +810,24 @@ def test_serve_raises_a_low_soft_file_limit():
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)),
     )
     assert int(result.stdout) == max(256, expected)
+
+
+def test_an_upload_refused_midway_still_reads_its_413(server):
+    """The server answers 413 as soon as a body passes max_body_bytes, while the client is
+    still sending: the connection closes gently (FIN, the rest read and dropped), so
+    the client reads the answer instead of a reset."""
+    before = ledger_count(server)
+    with connect(server) as sock:
+        send_all(sock, REQUEST_HEAD + b"Content-Length: 4000000\r\n\r\n")
+        chunk = b"x" * 65536
+        sock.settimeout(0.05)
+        answer = b""
+        for _ in range(60):  # about 4 MB, well past the 64 KiB limit
+            send_all(sock, chunk)
+            with contextlib.suppress(TimeoutError, ConnectionResetError):
+                answer += sock.recv(65536)
+        sock.settimeout(5)
+        status, headers, body = read_response(sock, answer)
+        assert (status, json_error(status, headers, body)["error"]) == (413, "payload_too_large")
+        assert closed_by_server(sock)
+    assert_still_serving(server, before)
