@@ -33,7 +33,7 @@ from ledger.appender import Appender
 from ledger.config import Config, load_config
 from ledger.db import make_engine
 from ledger.errors import NotMigrated, StorageUnavailable
-from projections.projector import load_projectors
+from projections.adapters import load_adapters
 from projections.signals import PgListener
 from projections.worker import Worker, WorkerThread
 
@@ -133,7 +133,7 @@ def create_app(
 
     With `run_projectors`, a projector thread works the configured projections
     in this process, woken by every append (and by NOTIFY on PostgreSQL)."""
-    projectors = load_projectors(config)
+    projectors = load_adapters(config)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -17,8 +17,8 @@ from api.auth import require
 from api.errors import ApiError
 from api.services import services_of, with_connection
 from ledger import rejections, store, verify_job
+from ledger.integrity import past_head
 from ledger.timefmt import iso_from_us
-from ledger.verify import past_head
 
 
 class OrjsonResponse(JSONResponse):

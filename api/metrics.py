@@ -21,7 +21,7 @@ from ledger import rejections
 from ledger.db import translated
 from ledger.errors import HookledgerError
 from ledger.store import read_head
-from projections.projector import Projector
+from projections.adapters import Adapter
 from projections.status import status
 
 STATES = ("live", "catching_up", "failed")
@@ -67,7 +67,7 @@ class Metrics:
                 timer = self._timers[source] = self.ingest_seconds.labels(source)
             timer.observe(seconds)
 
-    def watch(self, engine: Engine, projectors: dict[str, Projector]) -> None:
+    def watch(self, engine: Engine, projectors: dict[str, Adapter]) -> None:
         """Add the scrape-time gauges for this database and these projections."""
         self.registry.register(_StateCollector(engine, projectors))
 
@@ -76,7 +76,7 @@ class Metrics:
 
 
 class _StateCollector(Collector):
-    def __init__(self, engine: Engine, projectors: dict[str, Projector]) -> None:
+    def __init__(self, engine: Engine, projectors: dict[str, Adapter]) -> None:
         self.engine = engine
         self.projectors = projectors
 

@@ -19,8 +19,8 @@ from api.services import services_of, with_connection
 from ledger.db import translated
 from ledger.store import read_head
 from ledger.timefmt import iso_from_us
-from projections import query, registry
-from projections.projector import Projector
+from projections import failures, reads, versions
+from projections.adapters import Adapter
 from projections.schema import projection_errors
 from projections.status import describe, progress, status
 
@@ -29,7 +29,7 @@ DEFAULT_WAIT_S = 5.0
 ROW_PARAMS = {"sort", "limit", "cursor", "include_deleted", "min_position", "wait"}
 
 
-def _projector(request: Request) -> Projector:
+def _projector(request: Request) -> Adapter:
     name = request.path_params["name"]
     projector = services_of(request).projectors.get(name)
     if projector is None:
@@ -58,7 +58,7 @@ async def get_projection(request: Request) -> Response:
     return OrjsonResponse(await with_connection(request, run))
 
 
-async def _wait_for(request: Request, projector: Projector) -> None:
+async def _wait_for(request: Request, projector: Adapter) -> None:
     """Read-your-writes: wait until the live version has applied `min_position`."""
     raw = request.query_params.get("min_position") or request.headers.get("ledger-min-position")
     if raw is None:
@@ -75,7 +75,7 @@ async def _wait_for(request: Request, projector: Projector) -> None:
         raise params.bad(f"wait must be between 0 and {MAX_WAIT_S:g} seconds")
 
     def applied_position(conn) -> int:
-        live, _ = registry.active(conn, projector.name)
+        live, _ = versions.active(conn, projector.name)
         return -1 if live is None else live.position
 
     deadline = time.monotonic() + budget
@@ -109,11 +109,11 @@ def _flag(request: Request, name: str) -> bool:
     return raw in ("true", "1")
 
 
-def _live(conn, name: str) -> query.LiveView:
+def _live(conn, name: str) -> reads.LiveView:
     try:
-        return query.live_view(conn, name)
-    except query.NotBuilt:
-        _, building = registry.active(conn, name)
+        return reads.live_view(conn, name)
+    except reads.NotBuilt:
+        _, building = versions.active(conn, name)
         if building is not None and building.state == "failed":
             raise ApiError(
                 503,
@@ -146,8 +146,8 @@ async def list_rows(request: Request) -> Response:
     def run(conn):
         view = _live(conn, projector.name)
         try:
-            rows, nxt = query.select_rows(conn, view, filters, sort, limit, cursor, include_deleted)
-        except query.QueryError as e:
+            rows, nxt = reads.select_rows(conn, view, filters, sort, limit, cursor, include_deleted)
+        except reads.QueryError as e:
             raise params.bad(str(e)) from None
         return view, rows, nxt
 
@@ -169,8 +169,8 @@ async def get_row(request: Request) -> Response:
     def run(conn):
         view = _live(conn, projector.name)
         try:
-            return view, query.get_row(conn, view, key)
-        except query.QueryError as e:
+            return view, reads.get_row(conn, view, key)
+        except reads.QueryError as e:
             raise params.bad(str(e)) from None
 
     view, row = await with_connection(request, run)
@@ -228,8 +228,8 @@ async def rebuild(request: Request) -> Response:
     def run():
         with translated():
             try:
-                row, started = registry.request_rebuild(hl.engine, projector)
-            except registry.RebuildRefused as e:
+                row, started = versions.request_rebuild(hl.engine, projector)
+            except versions.RebuildRefused as e:
                 raise ApiError(409, "rebuild_refused", str(e)) from None
             with hl.engine.connect() as conn:
                 head, _ = read_head(conn)
@@ -248,7 +248,7 @@ async def retry(request: Request) -> Response:
     params.check_known(request, set())
     projector = _projector(request)
     hl = services_of(request)
-    resumed = await run_in_threadpool(registry.retry, hl.engine, projector.name)
+    resumed = await run_in_threadpool(failures.retry, hl.engine, projector.name)
     if hl.worker is not None:
         hl.worker.wake()
     return OrjsonResponse({"name": projector.name, "resumed": resumed})

@@ -24,14 +24,14 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     from api.app import startup_warnings
     from api.handover import Handover
     from ledger.db import make_engine
-    from projections.projector import load_projectors
+    from projections.adapters import load_adapters
 
     if not config.tokens and not is_loopback(args.host) and not args.insecure_no_auth:
         raise ConfigError(
             f"refusing to serve {args.host} with no [[tokens]] configured: the API would be "
             "open to the network. Configure tokens, bind 127.0.0.1, or pass --insecure-no-auth"
         )
-    projectors = load_projectors(config)  # a bad definition fails here, in one line
+    projectors = load_adapters(config)  # a bad definition fails here, in one line
     _check_can_listen(args.host, args.port)  # before migrating: a busy port changes nothing
     engine = make_engine(config.database_url)
     try:

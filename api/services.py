@@ -22,7 +22,7 @@ from api.metrics import Metrics
 from ledger.appender import Appender
 from ledger.config import Config
 from ledger.db import translated
-from projections.projector import Projector
+from projections.adapters import Adapter
 from projections.worker import Worker
 
 P = ParamSpec("P")
@@ -36,7 +36,7 @@ class Services:
     config: Config
     engine: Engine
     appender: Appender
-    projectors: dict[str, Projector]
+    projectors: dict[str, Adapter]
     metrics: Metrics
     worker: Worker | None = None
     applied: Applied | None = None

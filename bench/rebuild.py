@@ -222,19 +222,19 @@ def hand_loop(url: str) -> dict:
 
 def hookledger_rebuild(url: str) -> dict:
     """Build the projection from position 1 through the engine (as `hookledger rebuild`)."""
-    from projections import registry
-    from projections.projector import load_projectors
+    from projections import versions
+    from projections.adapters import load_adapters
     from projections.worker import Worker
 
     engine = make_engine(url)
-    projectors = load_projectors(Config(path="bench", projections={"entities": PROJECTION}))
+    projectors = load_adapters(Config(path="bench", projections={"entities": PROJECTION}))
     started = time.perf_counter()
     worker = Worker(engine, projectors, owner="bench")
     while worker.run_once():
         pass
     seconds = time.perf_counter() - started
     with engine.connect() as conn:
-        live, _ = registry.active(conn, "entities")
+        live, _ = versions.active(conn, "entities")
         rows = conn.execute(text("SELECT count(*) FROM entities")).scalar()
     engine.dispose()
     assert live is not None, "the projection has no live version"

@@ -33,8 +33,8 @@ def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
 def cmd_verify(args: argparse.Namespace, config: Config) -> int:
     from ledger import verify_job
     from ledger.db import translated
+    from ledger.integrity import past_head
     from ledger.store import read_head
-    from ledger.verify import past_head
 
     engine = open_engine(config)
     with translated(), engine.connect() as conn:

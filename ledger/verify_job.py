@@ -29,10 +29,10 @@ from sqlalchemy import exc as sa_exc
 
 from ledger.db import translated, writer
 from ledger.errors import HookledgerError
+from ledger.integrity import VerifyResult, verify_ledger
 from ledger.schema import verifications as jobs
 from ledger.store import read_head
 from ledger.timefmt import iso_from_us
-from ledger.verify import VerifyResult, verify_ledger
 
 log = logging.getLogger("hookledger.verify")
 

@@ -19,7 +19,7 @@ from projections.schema import metadata as projection_metadata
 
 TARGET: list[MetaData] = [ledger_metadata, projection_metadata]
 
-# A projection version's table (projections.registry.table_name) and its staging copy.
+# A projection version's table (projections.versions.table_name) and its staging copy.
 ENGINE_TABLE = re.compile(r"^(stage_)?p_[a-z][a-z0-9_]*_v[0-9]+$")
 
 

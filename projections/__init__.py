@@ -1,1 +1,1 @@
-"""Projector engine and projection definitions (built on the ledger)."""
+"""The projector engine (versions, leases, rebuild and swap) and projection definitions."""

@@ -14,16 +14,16 @@ from ledger.errors import ConfigError
 from ledger.terminal import err, out, text
 
 if TYPE_CHECKING:
-    from projections.projector import Projector
+    from projections.adapters import Adapter
 
 # The engine's modules are imported by the commands that use them, not here:
 # `hookledger --help` loads this module to list the commands.
 
 
-def _projectors(config: Config, only: list[str] | None = None) -> dict[str, Projector]:
-    from projections.projector import load_projectors
+def _projectors(config: Config, only: list[str] | None = None) -> dict[str, Adapter]:
+    from projections.adapters import load_adapters
 
-    projectors = load_projectors(config)
+    projectors = load_adapters(config)
     if only:
         unknown = [n for n in only if n not in projectors]
         if unknown:
@@ -119,12 +119,12 @@ def _rebuild_cell(rebuild: dict | None) -> str:
 
 def cmd_rebuild(args: argparse.Namespace, config: Config) -> int:
     from ledger.db import translated
-    from projections import registry
+    from projections import versions
 
     projector = _projectors(config, [args.name])[args.name]
     engine = open_engine(config)
     with translated():
-        row, started = registry.request_rebuild(engine, projector)
+        row, started = versions.request_rebuild(engine, projector)
     word = "started" if started else "already running"
     err.print(f"{projector.name}: rebuild to version {row.version} {word}")
     if args.no_wait:
@@ -132,13 +132,13 @@ def cmd_rebuild(args: argparse.Namespace, config: Config) -> int:
     return _follow(engine, projector, row.version)
 
 
-def _follow(engine, projector: Projector, version: int) -> int:
+def _follow(engine, projector: Adapter, version: int) -> int:
     """Work the rebuild here when no other worker holds the lease; show progress until swap."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from ledger.db import translated
     from ledger.store import read_head
-    from projections import registry
+    from projections import leases, versions
     from projections.worker import Worker
 
     worker = Worker(engine, {projector.name: projector})
@@ -156,7 +156,7 @@ def _follow(engine, projector: Projector, version: int) -> int:
             while True:
                 busy = worker.run_once()
                 with translated(), engine.connect() as conn:
-                    rows = {r.version: r for r in registry.versions(conn, projector.name)}
+                    rows = {r.version: r for r in versions.of(conn, projector.name)}
                     head, _ = read_head(conn)
                 row = rows.get(version)
                 if row is None or row.status == "abandoned":
@@ -178,7 +178,7 @@ def _follow(engine, projector: Projector, version: int) -> int:
                     time.sleep(0.2)
     finally:
         for name in worker.projectors:
-            registry.release_lease(engine, name, worker.owner)
+            leases.release_lease(engine, name, worker.owner)
     diff = _diff(rows[version])
     out.print(f"{projector.name}: version {version} is live{diff}")
     return 0
@@ -195,12 +195,12 @@ def _diff(row) -> str:
 
 def cmd_retry(args: argparse.Namespace, config: Config) -> int:
     from ledger.db import translated
-    from projections import registry
+    from projections import failures
 
     projector = _projectors(config, [args.name])[args.name]
     engine = open_engine(config)
     with translated():
-        resumed = registry.retry(engine, projector.name)
+        resumed = failures.retry(engine, projector.name)
     if resumed:
         out.print(f"{projector.name}: resumed; the projector retries from the failed event")
     else:

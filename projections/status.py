@@ -10,8 +10,8 @@ from sqlalchemy import Connection, Engine, Row, func, select
 from ledger.db import translated
 from ledger.store import read_head
 from ledger.timefmt import iso_from_us
-from projections import registry
-from projections.projector import Projector
+from projections import versions
+from projections.adapters import Adapter
 from projections.schema import projection_errors
 
 CATCHING_UP_LAG = 1000
@@ -19,7 +19,7 @@ CATCHING_UP_LAG = 1000
 
 def progress(row: Row, head: int, now_us: int | None = None) -> dict[str, Any]:
     """A building version's progress: events done and total, rate, ETA."""
-    now_us = now_us or registry.now_us()
+    now_us = now_us or versions.now_us()
     elapsed = max((now_us - (row.build_started_at_us or row.created_at_us)) / 1e6, 1e-3)
     done = row.position
     rate = done / elapsed
@@ -38,9 +38,9 @@ def progress(row: Row, head: int, now_us: int | None = None) -> dict[str, Any]:
     }
 
 
-def describe(conn: Connection, projector: Projector, head: int) -> dict[str, Any]:
+def describe(conn: Connection, projector: Adapter, head: int) -> dict[str, Any]:
     """One projection's status entry (the shape of GET /v1/projections)."""
-    live, building = registry.active(conn, projector.name)
+    live, building = versions.active(conn, projector.name)
     current = live or building
     position = current.position if current is not None else 0
     if any(v is not None and v.state == "failed" for v in (live, building)):
@@ -84,7 +84,7 @@ def describe(conn: Connection, projector: Projector, head: int) -> dict[str, Any
     }
 
 
-def _outdated(projector: Projector, newest: Row | None) -> bool:
+def _outdated(projector: Adapter, newest: Row | None) -> bool:
     """Did the definition change on disk since the workers built their newest version?"""
     return newest is not None and newest.fingerprint != projector.fingerprint_now()
 
@@ -100,7 +100,7 @@ def _last_swap(live: Row | None) -> dict[str, Any] | None:
     }
 
 
-def status(engine: Engine, projectors: dict[str, Projector]) -> list[dict[str, Any]]:
+def status(engine: Engine, projectors: dict[str, Adapter]) -> list[dict[str, Any]]:
     """Every configured projection's status entry."""
     with translated(), engine.connect() as conn:
         head, _ = read_head(conn)

@@ -31,7 +31,7 @@ from sqlalchemy import (
 
 from ledger.db import writer
 from projections.pacing import Pacer, Stopwatch
-from projections.registry import V, advance, now_us
+from projections.versions import V, advance, now_us
 
 DROP_CHUNK_MAX = 100_000
 

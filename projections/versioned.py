@@ -15,12 +15,12 @@ import dataclasses
 from sqlalchemy import Connection, Row, Table
 from sqlalchemy import exc as sa_exc
 
+from projections.adapters import Adapter, DeclarativeAdapter
 from projections.declarative import Definition
-from projections.projector import DeclarativeProjector, Projector
 from projections.swap import reflect
 
 
-def own_projector(conn: Connection, row: Row, current: Projector) -> Projector | None:
+def own_projector(conn: Connection, row: Row, current: Adapter) -> Adapter | None:
     """The projector to apply to version `row`; None when it can no longer be applied."""
     if row.fingerprint == current.fingerprint:
         return current
@@ -29,7 +29,7 @@ def own_projector(conn: Connection, row: Row, current: Projector) -> Projector |
             Definition.from_json(row.definition), on_error=current.on_error
         )
         if definition.fingerprint == row.fingerprint:
-            return DeclarativeProjector(definition)
+            return DeclarativeAdapter(definition)
         return None
     if row.kind == "python" and current.kind == "python":
         try:

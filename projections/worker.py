@@ -25,10 +25,10 @@ from sqlalchemy import Connection, Engine, Row
 from ledger.db import _first_line, is_unavailable, translated, writer
 from ledger.errors import HookledgerError, StatementFailed
 from ledger.store import read_head
-from projections import registry, swap
+from projections import failures, leases, swap, versions
+from projections.adapters import Adapter, gc_paused
 from projections.model import Event
 from projections.pacing import Pacer, Stopwatch
-from projections.projector import Projector, gc_paused
 from projections.versioned import own_projector
 
 log = logging.getLogger("hookledger.projector")
@@ -45,10 +45,10 @@ class _Run:
     """A version whose state is `running`, with the projector it is applied with."""
 
     row: Row
-    projector: Projector
+    projector: Adapter
 
     @classmethod
-    def of(cls, row: Row | None, projector: Projector | None) -> _Run | None:
+    def of(cls, row: Row | None, projector: Adapter | None) -> _Run | None:
         if row is None or projector is None or row.state != "running":
             return None
         return cls(row, projector)
@@ -59,7 +59,7 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-def read_events(conn, projector: Projector, after: int, upto: int) -> list[Event]:
+def read_events(conn, projector: Adapter, after: int, upto: int) -> list[Event]:
     """The events a projector may want in (after, upto], in position order.
 
     Read with a driver cursor: a rebuild reads millions of rows, and building
@@ -92,7 +92,7 @@ class Worker:
     def __init__(
         self,
         engine: Engine,
-        projectors: dict[str, Projector],
+        projectors: dict[str, Adapter],
         owner: str | None = None,
         live_batch: int = LIVE_BATCH,
         rebuild_batch: int = REBUILD_BATCH,
@@ -112,7 +112,7 @@ class Worker:
         self._stop = threading.Event()
         self._ensured: set[str] = set()
         self._renew_after: dict[str, float] = {}
-        self._owns: dict[tuple[str, int, str], Projector | None] = {}
+        self._owns: dict[tuple[str, int, str], Adapter | None] = {}
         self._pacers: dict[tuple, Pacer] = {}
         self._undroppable: set[tuple] = set()
         self.longest_hold_s = 0.0  # the longest write transaction so far (SPEC 6: ~0.25 s)
@@ -147,7 +147,7 @@ class Worker:
                 self._wake.clear()
         for name in self.projectors:
             try:
-                registry.release_lease(self.engine, name, self.owner)
+                leases.release_lease(self.engine, name, self.owner)
             except Exception:
                 log.debug("could not release the lease on %s", name, exc_info=True)
 
@@ -173,18 +173,18 @@ class Worker:
         now = time.monotonic()
         if now < self._renew_after.get(name, 0.0):
             return True
-        if not registry.acquire_lease(self.engine, name, self.owner, self.lease_ttl):
+        if not leases.acquire_lease(self.engine, name, self.owner, self.lease_ttl):
             self._renew_after.pop(name, None)
             return False
         self._renew_after[name] = now + self.lease_ttl / 3
         return True
 
-    def work(self, projector: Projector) -> bool:
+    def work(self, projector: Adapter) -> bool:
         """Advance the live and building versions of one projection; swap when ready."""
         if projector.name not in self._ensured:
             try:
-                created = registry.ensure_current(self.engine, projector)
-            except registry.RebuildRefused as e:
+                created = versions.ensure_current(self.engine, projector)
+            except versions.RebuildRefused as e:
                 log.error("%s", e)  # the live version (if any) keeps serving
                 created = None
             self._ensured.add(projector.name)
@@ -193,8 +193,8 @@ class Worker:
                     "%s: building version %d (%s)", projector.name, created.version, created.reason
                 )
         with self.engine.connect() as conn:
-            rows = registry.versions(conn, projector.name)
-            live, building = registry.active_of(rows)
+            rows = versions.of(conn, projector.name)
+            live, building = versions.active_of(rows)
             head, _ = read_head(conn)
             live_p = self._own(conn, live, projector)
             building_p = self._own(conn, building, projector)
@@ -217,11 +217,11 @@ class Worker:
             busy |= self._guard(
                 build.row, lambda: self.step(build.projector, build.row, head, pacer)
             )
-        for retired in registry.undropped(rows):
+        for retired in versions.undropped(rows):
             busy |= self._drop(retired)
         return busy
 
-    def _own(self, conn, row: Row | None, projector: Projector) -> Projector | None:
+    def _own(self, conn, row: Row | None, projector: Adapter) -> Adapter | None:
         """The projector a version is applied with (its own definition), cached per version."""
         if row is None:
             return None
@@ -257,10 +257,10 @@ class Worker:
             message = f"{type(getattr(e, 'orig', None) or e).__name__}: {_first_line(e)}"
             log.exception("%s v%d failed: %s", row.name, row.version, message)
             with translated(), writer(self.engine.connect()) as conn, conn.begin():
-                registry.fail(conn, row, message, traceback.format_exc())
+                failures.fail(conn, row, message, traceback.format_exc())
             return True
 
-    def step(self, projector: Projector, version: Row, head: int, batch: int | Pacer) -> bool:
+    def step(self, projector: Adapter, version: Row, head: int, batch: int | Pacer) -> bool:
         """Apply one batch to one version, checkpoint included, in one transaction.
 
         The batch is sized by time (a `Pacer`; an int is a fixed size): the transaction
@@ -287,7 +287,7 @@ class Worker:
     def _apply(
         self,
         conn: Connection,
-        projector: Projector,
+        projector: Adapter,
         version: Row,
         start: int,
         upto: int,
@@ -297,26 +297,26 @@ class Worker:
 
         Returns the new checkpoint (less than `upto` when a handler error halted the
         version), or None when the checkpoint had moved (lease lost)."""
-        if not registry.advance(conn, version.name, version.version, start, upto):
+        if not versions.advance(conn, version.name, version.version, start, upto):
             log.warning(
                 "%s v%d: checkpoint moved under us; lease lost", version.name, version.version
             )
             return None
         table = projector.build_table(version.table_name)
         outcome = projector.apply(conn, table, batch_events)
-        registry.count_rows(
+        versions.count_rows(
             conn, version.name, version.version, outcome.rows_added, outcome.rows_total
         )
-        registry.record_errors(conn, version.name, version.version, outcome.errors)
+        failures.record_errors(conn, version.name, version.version, outcome.errors)
         if not outcome.errors:
             return upto
         last = outcome.errors[-1]
         values = {"last_error": f"position {last[0]}: {last[1]}"}
         if outcome.halted_at is None:
-            registry.advance(conn, version.name, version.version, upto, upto, **values)
+            versions.advance(conn, version.name, version.version, upto, upto, **values)
             return upto
         values["state"] = "failed"
-        registry.advance(conn, version.name, version.version, upto, outcome.halted_at - 1, **values)
+        versions.advance(conn, version.name, version.version, upto, outcome.halted_at - 1, **values)
         log.error(
             "%s v%d halted at position %d: %s",
             version.name,
@@ -326,7 +326,7 @@ class Worker:
         )
         return outcome.halted_at - 1
 
-    def finish(self, projector: Projector, building: Row, live: Row | None) -> bool:
+    def finish(self, projector: Adapter, building: Row, live: Row | None) -> bool:
         """Swap a caught-up build in, then report how it differs from the old version.
 
         The write transaction runs only the last catch-up and the switch. The diff reads

@@ -6,7 +6,7 @@ import orjson
 from sqlalchemy import Column, Connection, Integer, MetaData, Table, Text, select, text
 
 from ledger.config import Config
-from projections.projector import load_projectors
+from projections.adapters import load_adapters
 from projections.python import Projection
 from projections.worker import Worker
 
@@ -58,7 +58,7 @@ def actual_entities(conn: Connection, view: str = "entities") -> dict[tuple, tup
 
 
 def projectors_for(**projections) -> dict:
-    return load_projectors(Config(path="test.toml", projections=projections))
+    return load_adapters(Config(path="test.toml", projections=projections))
 
 
 def drain(worker: Worker, limit: int = 10_000) -> None:

@@ -20,7 +20,7 @@ from ledger.db import writer
 from ledger.migrate import alembic_config
 from ledger.schema import metadata as ledger_metadata
 from migrations.target import TARGET, include_name
-from projections import registry
+from projections import versions
 from projections.worker import Worker
 from tests.helpers import append, new_event
 from tests.projection_support import ENTITIES, drain, entity_body, projectors_for
@@ -44,9 +44,9 @@ def with_projections(engine) -> None:
     )
     drain(Worker(engine, projectors, owner="w"))
     with writer(engine.connect()) as conn, conn.begin():
-        registry.create_version(conn, projectors["entities"], "rebuild requested")
+        versions.create_version(conn, projectors["entities"], "rebuild requested")
     with engine.connect() as conn:
-        names = {r.table_name for r in registry.versions(conn)}
+        names = {r.table_name for r in versions.of(conn)}
         assert {"p_entities_v1", "p_entities_v2", "p_counts_v1"} <= names
         assert conn.execute(text("SELECT count(*) FROM entities")).scalar() == 1
 

@@ -126,9 +126,9 @@ def test_the_appender_benchmark_appends_what_it_measures(tmp_path):
 
 def test_the_scale_export_imports_and_projects_a_tenth_of_its_events(engine, tmp_path):
     from bench import scale
+    from ledger.integrity import verify_ledger
     from ledger.transfer import import_lines
-    from ledger.verify import verify_ledger
-    from projections.projector import load_projectors
+    from projections.adapters import load_adapters
     from projections.status import status
     from projections.worker import Worker
     from tests.projection_support import drain
@@ -143,7 +143,7 @@ def test_the_scale_export_imports_and_projects_a_tenth_of_its_events(engine, tmp
     assert last == now
     assert verify_ledger(engine).ok
     raw = load_config_text(tmp_path, scale.CONFIG.format(db=tmp_path / "x.db"))
-    projectors = load_projectors(raw)
+    projectors = load_adapters(raw)
     drain(Worker(engine, projectors, owner="w"))
     (entry,) = status(engine, projectors)
     assert entry["rows"] == 20

@@ -12,8 +12,8 @@ from api.cli import main
 from ledger.chain import canonical_headers
 from ledger.config import load_config
 from ledger.terminal import visible
-from projections import registry
-from projections.projector import load_projectors
+from projections import leases
+from projections.adapters import load_adapters
 from projections.python import Projection
 from projections.worker import Worker
 from tests.helpers import append, new_event
@@ -172,9 +172,9 @@ def test_rejections_filter_by_reason_and_refuse_an_unknown_one(tmp_path, engine,
 def test_status_prints_a_projection_error_as_text(tmp_path, engine, capsys):
     hostile(engine)
     path = config(tmp_path, engine, '[projections.echo]\nclass = "tests.test_cli_text:Echo"\n')
-    projectors = load_projectors(load_config(path))
+    projectors = load_adapters(load_config(path))
     drain(Worker(engine, projectors, owner="test"))
-    registry.release_lease(engine, "echo", "test")
+    leases.release_lease(engine, "echo", "test")
     assert main(["status", "--config", path]) == 1  # failed
     shown = capsys.readouterr().out
     assert_as_text(shown)

@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from ledger.db import make_engine, writer
+from ledger.integrity import verify_ledger
 from ledger.store import append_batch, get_event, iter_events
-from ledger.verify import verify_ledger
 from tests.helpers import new_event
 
 CONFIG = """

@@ -12,11 +12,11 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
 from ledger.erase import Criteria, erase, plan
+from ledger.integrity import verify_ledger
 from ledger.schema import erasures
 from ledger.store import get_event, iter_events
 from ledger.transfer import export_lines, import_lines
-from ledger.verify import verify_ledger
-from projections import registry
+from projections import versions
 from projections.worker import Worker
 from tests.helpers import append, new_event
 from tests.projection_support import ENTITIES, drain, entity_body, projectors_for
@@ -90,10 +90,10 @@ def test_a_projection_that_needs_an_erased_body_refuses_to_rebuild(engine):
     projectors = projectors_for(entities=ENTITIES)
     drain(Worker(engine, projectors, owner="w"))
     erase(engine, Criteria(start=2, stop=2), actor="ops")
-    with pytest.raises(registry.RebuildRefused, match="erased bodies"):
-        registry.request_rebuild(engine, projectors["entities"])
+    with pytest.raises(versions.RebuildRefused, match="erased bodies"):
+        versions.request_rebuild(engine, projectors["entities"])
     with engine.connect() as conn:
-        live, building = registry.active(conn, "entities")
+        live, building = versions.active(conn, "entities")
     assert building is None and live.version == 1  # the live version keeps serving
 
 
@@ -109,11 +109,11 @@ def test_erased_inputs_are_found_within_the_recorded_erasures(engine):
     )
     projector = projectors_for(entities=ENTITIES)["entities"]
     with engine.connect() as conn:
-        assert registry.erased_inputs(conn, projector) == (0, None, None)
+        assert versions.erased_inputs(conn, projector) == (0, None, None)
     erase(engine, Criteria(start=2, stop=2), actor="ops")
     erase(engine, Criteria(start=5, stop=5), actor="ops")
     with engine.connect() as conn:
-        assert registry.erased_inputs(conn, projector) == (2, 2, 5)
+        assert versions.erased_inputs(conn, projector) == (2, 2, 5)
 
 
 def test_erase_cli_needs_confirmation_and_criteria(tmp_path, db_url):

@@ -34,8 +34,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ledger.integrity import verify_ledger
 from ledger.store import iter_events
-from ledger.verify import verify_ledger
 from tests.helpers import ERROR_KEYS, assert_error
 from tests.pg import free_port
 

@@ -12,10 +12,10 @@ from sqlalchemy.exc import DBAPIError
 from ledger import chain, migrate
 from ledger.db import make_engine, writer
 from ledger.errors import ImportRefused
+from ledger.integrity import verify_ledger
 from ledger.schema import events
 from ledger.store import ID_CHUNK, get_event, iter_events, read_head
 from ledger.transfer import export_lines, import_lines
-from ledger.verify import verify_ledger
 from tests.helpers import append, new_event
 
 

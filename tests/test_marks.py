@@ -9,13 +9,13 @@ import orjson
 import pytest
 from sqlalchemy import Engine, select, text
 
-from ledger import marks, migrate, transfer, verify
+from ledger import integrity, marks, migrate, transfer
 from ledger.db import make_engine
 from ledger.errors import ImportRefused
+from ledger.integrity import verify_ledger
 from ledger.schema import events
 from ledger.store import read_head
 from ledger.transfer import export_lines, import_lines
-from ledger.verify import verify_ledger
 from tests.helpers import append, new_event
 
 
@@ -164,7 +164,7 @@ def test_marks_are_checked_across_chunks_through_the_database(engines, monkeypat
     """A repeat whose first delivery lies in an earlier chunk is found by asking the
     database, not a dict of every id: the checks hold with chunks of two rows."""
     monkeypatch.setattr(transfer, "CHUNK", 2)
-    monkeypatch.setattr(verify, "CHUNK", 2)
+    monkeypatch.setattr(integrity, "CHUNK", 2)
     source = engines()
     seed(source)
     lines = list(export_lines(source))

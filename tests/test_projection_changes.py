@@ -11,7 +11,7 @@ import orjson
 import pytest
 from sqlalchemy import Column, Connection, Integer, MetaData, Table, Text, select, text
 
-from projections import registry
+from projections import leases, versions
 from projections.python import Projection
 from projections.status import status
 from projections.worker import Worker, WorkerThread
@@ -112,14 +112,14 @@ def read_view(engine, name: str) -> tuple[int, list[str], list[dict]]:
 
     PostgreSQL resolves a view with the latest catalog whatever the isolation level: the
     registry is read before and after the view, and a read that straddles a swap is retried
-    (as `projections.query.live_view` does)."""
+    (as `projections.reads.live_view` does)."""
     while True:
         with engine.connect() as conn:
-            before, _ = registry.active(conn, name)
+            before, _ = versions.active(conn, name)
             result = conn.execute(text(f"SELECT * FROM {name}"))
             keys = list(result.keys())
             rows = [dict(zip(keys, r, strict=True)) for r in result]
-            after, _ = registry.active(conn, name)
+            after, _ = versions.active(conn, name)
         if before.version == after.version:
             return before.version, keys, rows
 
@@ -129,7 +129,7 @@ def run_change(engine, before: dict, after: dict, rebuild_batch: int = 5):
     append(engine, events(0, 400))
     drain(Worker(engine, before, owner="first"))
     for name in before:
-        registry.release_lease(engine, name, "first")
+        leases.release_lease(engine, name, "first")
     worker = Worker(engine, after, owner="second", rebuild_batch=rebuild_batch, idle_poll=0.05)
     thread = WorkerThread(worker)
     seen: list[tuple[int, list[str], list[dict]]] = []
@@ -174,9 +174,9 @@ def drain_thread(engine, projectors: dict) -> None:
         (entry,) = status(engine, projectors)
         if entry["lag"] == 0 and entry["rebuild"] is None:
             with engine.connect() as conn:
-                rows = registry.versions(conn, name)
-            live, _ = registry.active_of(rows)
-            if live.diff is not None and not registry.undropped(rows):
+                rows = versions.of(conn, name)
+            live, _ = versions.active_of(rows)
+            if live.diff is not None and not versions.undropped(rows):
                 return
         time.sleep(0.05)
     raise AssertionError(f"never caught up: {status(engine, projectors)}")
@@ -215,7 +215,7 @@ def test_a_declarative_change_builds_and_swaps_while_the_old_version_keeps_servi
     assert (entry["state"], entry["version"], entry["lag"], entry["errors"]) == ("live", 2, 0, 0)
     assert entry["last_swap"]["diff"] == EXPECTED_DIFF[change]
     with engine.connect() as conn:
-        retired = registry.versions(conn, "entities")[-1]
+        retired = versions.of(conn, "entities")[-1]
     assert (retired.version, retired.status) == (1, "retired")
     assert retired.dropped_at_us is not None  # its table was dropped, in steps
 
@@ -243,7 +243,7 @@ def test_a_definition_stored_with_its_version_round_trips(engine):
     projectors = projectors_for(entities=columns(**NAME_N))
     drain(Worker(engine, projectors, owner="w"))
     with engine.connect() as conn:
-        (live,) = registry.versions(conn, "entities")
+        (live,) = versions.of(conn, "entities")
     definition = projectors["entities"].definition
     assert type(definition).from_json(live.definition) == definition
 

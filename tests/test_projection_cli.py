@@ -13,8 +13,8 @@ from sqlalchemy import Engine, text
 
 from api.cli import main
 from ledger.config import load_config
-from projections import registry
-from projections.projector import load_projectors
+from projections import leases, versions
+from projections.adapters import load_adapters
 from projections.schema import projection_leases
 from projections.worker import Worker
 from tests.helpers import append, new_event
@@ -57,10 +57,10 @@ def config(tmp_path: Path, engine: Engine, body: str) -> str:
 
 def work(path: str, engine: Engine) -> None:
     """What a projector worker would do with this config, until idle."""
-    projectors = load_projectors(load_config(path))
+    projectors = load_adapters(load_config(path))
     drain(Worker(engine, projectors, owner="test"))
     for name in projectors:  # as a worker that stops does
-        registry.release_lease(engine, name, "test")
+        leases.release_lease(engine, name, "test")
 
 
 @pytest.fixture
@@ -92,9 +92,9 @@ def entity_events(engine: Engine) -> None:
     )
 
 
-def versions(engine: Engine, name: str) -> dict[int, tuple[str, str, int]]:
+def version_states(engine: Engine, name: str) -> dict[int, tuple[str, str, int]]:
     with engine.connect() as conn:
-        return {r.version: (r.status, r.state, r.position) for r in registry.versions(conn, name)}
+        return {r.version: (r.status, r.state, r.position) for r in versions.of(conn, name)}
 
 
 def one_line(stream: str) -> str:
@@ -148,14 +148,14 @@ def test_rebuild_works_the_rebuild_itself_and_swaps_in_version_2(setup, engine, 
     line = one_line(captured.out)
     assert line.startswith("entities: version 2 is live")
     assert DIFF.search(line).groups() == ("0", "0", "0")
-    assert versions(engine, "entities") == {
+    assert version_states(engine, "entities") == {
         2: ("live", "running", 13),
         1: ("retired", "running", 13),
     }
     with engine.connect() as conn:
         assert actual_entities(conn) == before
         assert conn.execute(projection_leases.select()).all() == []  # the lease is released
-        assert orjson.loads(registry.active(conn, "entities")[0].diff) == {
+        assert orjson.loads(versions.active(conn, "entities")[0].diff) == {
             "added": 0,
             "removed": 0,
             "changed": 0,
@@ -181,7 +181,7 @@ def test_rebuild_after_a_fix_reports_what_changed(setup, engine, capsys):
     line = one_line(capsys.readouterr().out)
     # 3 customers deleted, the other 7 and the order got their real document
     assert DIFF.search(line).groups() == ("0", "3", "8")
-    assert versions(engine, "entities")[2][0] == "live"
+    assert version_states(engine, "entities")[2][0] == "live"
     with engine.connect() as conn:
         rows = conn.execute(text("SELECT id, deleted, data FROM entities ORDER BY id")).all()
     assert sum(1 for r in rows if r.deleted) == 3
@@ -199,7 +199,7 @@ def test_rebuild_no_wait_returns_at_once_and_leaves_a_build(setup, engine, capsy
     captured = capsys.readouterr()
     assert "rebuild to version 2 started" in one_line(captured.err)
     assert captured.out == ""
-    assert versions(engine, "entities") == {
+    assert version_states(engine, "entities") == {
         2: ("building", "running", 0),
         1: ("live", "running", 13),
     }
@@ -212,7 +212,7 @@ def test_rebuild_no_wait_returns_at_once_and_leaves_a_build(setup, engine, capsy
     captured = capsys.readouterr()
     assert "version 2 already running" in captured.err
     assert one_line(captured.out).startswith("entities: version 2 is live")
-    assert set(versions(engine, "entities")) == {1, 2}
+    assert set(version_states(engine, "entities")) == {1, 2}
 
 
 # --- projections retry ------------------------------------------------------------------------
@@ -224,7 +224,7 @@ def test_projections_retry_resumes_a_failed_projection(setup, engine, capsys):
     work(path, engine)
     append(engine, [new_event(b"poison"), new_event(b'{"ok": 2}')])
     work(path, engine)
-    assert versions(engine, "poisoned") == {1: ("live", "failed", 1)}
+    assert version_states(engine, "poisoned") == {1: ("live", "failed", 1)}
     assert main(["status", "--config", path]) == 1
     capsys.readouterr()
 
@@ -232,7 +232,7 @@ def test_projections_retry_resumes_a_failed_projection(setup, engine, capsys):
     path = setup(POISONED.format(on_error="skip"))
     assert main(["projections", "retry", "poisoned", "--config", path]) == 0
     assert "resumed" in one_line(capsys.readouterr().out)
-    assert versions(engine, "poisoned") == {1: ("live", "running", 1)}
+    assert version_states(engine, "poisoned") == {1: ("live", "running", 1)}
 
     work(path, engine)
     assert main(["status", "--config", path]) == 0
@@ -266,4 +266,4 @@ def test_an_unknown_projection_is_one_line_and_exit_2(setup, engine, capsys, arg
     assert "nope" in line
     assert "Traceback" not in captured.err + captured.out
     with engine.connect() as conn:
-        assert registry.versions(conn) == []
+        assert versions.of(conn) == []

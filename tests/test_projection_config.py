@@ -21,8 +21,8 @@ from sqlalchemy import text
 from ledger.config import load_config
 from ledger.errors import ConfigError
 from ledger.pointer import resolve
-from projections import registry
-from projections.projector import load_projectors
+from projections import versions
+from projections.adapters import load_adapters
 from projections.status import status
 from projections.worker import Worker
 from tests.helpers import append, new_event
@@ -62,7 +62,7 @@ BAD_POINTERS = [
 def load(tmp_path: Path, toml: str):
     path = tmp_path / "hookledger.toml"
     path.write_text(toml)
-    return load_projectors(load_config(str(path), {}))
+    return load_adapters(load_config(str(path), {}))
 
 
 def hookledger(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -196,7 +196,7 @@ def test_a_code_change_builds_a_new_version_and_status_says_the_workers_are_olde
     config.write_text(SOURCE + python_projection(module))
     append(engine, [new_event(b"{}", event_id=f"e{i}", event_type="t") for i in range(3)])
 
-    running = load_projectors(load_config(str(config), {}))
+    running = load_adapters(load_config(str(config), {}))
     drain(Worker(engine, running, owner="w"))
     [entry] = status(engine, running)
     assert (entry["version"], entry["outdated"]) == (1, False)
@@ -205,7 +205,7 @@ def test_a_code_change_builds_a_new_version_and_status_says_the_workers_are_olde
     (tmp_path / f"{module}.py").write_text(
         MODULE.format(attributes="types = None", columns=COLUMNS, step=10)
     )
-    now = load_projectors(load_config(str(config), {}))  # what `hookledger status` loads
+    now = load_adapters(load_config(str(config), {}))  # what `hookledger status` loads
     assert now["counts"].fingerprint != running["counts"].fingerprint
     [entry] = status(engine, now)
     assert (entry["version"], entry["outdated"]) == (1, True)
@@ -214,13 +214,13 @@ def test_a_code_change_builds_a_new_version_and_status_says_the_workers_are_olde
 
     # the workers restart: a new version is built from the new code and swapped in
     importlib_reload(module)
-    restarted = load_projectors(load_config(str(config), {}))
+    restarted = load_adapters(load_config(str(config), {}))
     drain(Worker(engine, restarted, owner="w"))  # the same holder: its lease is still valid
     [entry] = status(engine, restarted)
     assert (entry["version"], entry["state"], entry["outdated"]) == (2, "live", False)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count FROM counts")).scalar() == 30
-        [live] = [r for r in registry.versions(conn, "counts") if r.status == "live"]
+        [live] = [r for r in versions.of(conn, "counts") if r.status == "live"]
     assert live.fingerprint == restarted["counts"].fingerprint
 
 
@@ -239,7 +239,7 @@ def test_status_cli_says_when_the_workers_run_older_code(tmp_path):
 
     engine = make_engine(f"sqlite:///{db}")
     try:
-        drain(Worker(engine, load_projectors(load_config(str(config), {})), owner="w"))
+        drain(Worker(engine, load_adapters(load_config(str(config), {})), owner="w"))
     finally:
         engine.dispose()
     fresh = hookledger("status", "--config", str(config), cwd=tmp_path)

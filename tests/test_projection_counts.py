@@ -11,7 +11,7 @@ from sqlalchemy import Engine, event, text
 
 from ledger import migrate
 from ledger.db import make_engine, writer
-from projections import registry
+from projections import versions
 from projections.status import status
 from projections.worker import Worker, wait_until
 from tests.helpers import append, new_event
@@ -43,7 +43,7 @@ def stream(seed: int, count: int) -> list[tuple[str, bytes, str]]:
 def stored_and_actual(engine: Engine, name: str) -> tuple[int, int, int]:
     """(registry row_count of the live version, live rows in its table, status `rows`)."""
     with engine.connect() as conn:
-        live, _ = registry.active(conn, name)
+        live, _ = versions.active(conn, name)
         actual = conn.execute(
             text(f"SELECT count(*) FROM {live.table_name} WHERE deleted = false")
         ).scalar()
@@ -71,7 +71,7 @@ def test_counts_follow_every_batch_and_end_right_after_rebuilds(engine, seed):
     assert actual > 0
 
     for chunk in (7, 10_000):
-        registry.request_rebuild(engine, projectors["entities"])
+        versions.request_rebuild(engine, projectors["entities"])
         drain(Worker(engine, projectors, owner="w", rebuild_batch=chunk))
         assert stored_and_actual(engine, "entities") == (actual, actual, actual)
 
@@ -85,7 +85,7 @@ def test_python_projections_are_counted_in_the_batch(engine):
     drain(worker)
     (entry,) = status(engine, projectors)
     assert entry["rows"] == 3
-    registry.request_rebuild(engine, projectors["counts"])
+    versions.request_rebuild(engine, projectors["counts"])
     drain(Worker(engine, projectors, owner="w", rebuild_batch=1))
     (entry,) = status(engine, projectors)
     assert (entry["version"], entry["rows"]) == (2, 3)

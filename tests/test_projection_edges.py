@@ -10,9 +10,9 @@ import orjson
 import pytest
 from sqlalchemy import text
 
+from ledger.integrity import verify_ledger
 from ledger.store import read_head
-from ledger.verify import verify_ledger
-from projections import registry
+from projections import versions
 from projections.declarative import RowState, fold
 from projections.worker import Worker, read_events
 from tests.helpers import append, new_event
@@ -47,7 +47,7 @@ def read_table(conn, name: str) -> dict[tuple, tuple]:
 
 def only_version(engine, name: str):
     with engine.connect() as conn:
-        (version,) = registry.versions(conn, name)
+        (version,) = versions.of(conn, name)
     return version
 
 
@@ -167,7 +167,7 @@ def test_a_failing_batch_gives_the_collector_back(engine, monkeypatch):
     Worker(engine, projectors, owner="w").run_once()
     assert gc.isenabled()
     with engine.connect() as conn:  # an engine failure fails the version, visibly
-        (version,) = registry.versions(conn, "odd")
+        (version,) = versions.of(conn, "odd")
     assert (version.state, version.last_error) == ("failed", "RuntimeError: write failed")
 
 

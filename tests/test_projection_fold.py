@@ -154,22 +154,22 @@ def test_fingerprint_follows_meaning_not_error_policy():
 def test_a_projection_named_like_an_sql_keyword_is_refused(name):
     """The name is also a SQL view: a keyword would break its every statement."""
     from ledger.config import Config
-    from projections.projector import load_projectors
+    from projections.adapters import load_adapters
 
     with pytest.raises(ConfigError, match="SQL keyword"):
-        load_projectors(Config(path="hookledger.toml", projections={name: {"key": "/id"}}))
-    assert load_projectors(Config(path="t", projections={"orders": {"key": "/id"}}))
+        load_adapters(Config(path="hookledger.toml", projections={name: {"key": "/id"}}))
+    assert load_adapters(Config(path="t", projections={"orders": {"key": "/id"}}))
 
 
 def test_a_projection_name_too_long_for_postgresql_is_refused():
     """PostgreSQL cuts identifiers at 63 bytes: the tables of two versions of a long
     name would be one table."""
     from ledger.config import Config
-    from projections.projector import MAX_NAME, load_projectors
+    from projections.adapters import MAX_NAME, load_adapters
 
     with pytest.raises(ConfigError, match="at most"):
-        load_projectors(Config(path="t", projections={"a" * (MAX_NAME + 1): {"key": "/id"}}))
-    assert load_projectors(Config(path="t", projections={"a" * MAX_NAME: {"key": "/id"}}))
+        load_adapters(Config(path="t", projections={"a" * (MAX_NAME + 1): {"key": "/id"}}))
+    assert load_adapters(Config(path="t", projections={"a" * MAX_NAME: {"key": "/id"}}))
     assert len(f"stage_p_{'a' * MAX_NAME}_v999999") <= 63
 
 

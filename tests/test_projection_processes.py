@@ -23,7 +23,7 @@ from sqlalchemy import Engine, func, select, text
 from ledger import migrate
 from ledger.db import make_engine
 from ledger.store import read_head
-from projections import registry
+from projections import versions
 from projections.schema import projection_errors, projection_leases
 from projections.worker import LEASE_TTL_S, wait_until
 from tests.helpers import append, new_event
@@ -121,7 +121,7 @@ def migrated() -> Iterator:
 def checkpoint(engine: Engine, name: str) -> tuple[int, str | None]:
     """(position, status) of the version being worked: the build while one runs, else live."""
     with engine.connect() as conn:
-        live, building = registry.active(conn, name)
+        live, building = versions.active(conn, name)
     current = building or live
     return (0, None) if current is None else (current.position, current.status)
 
@@ -133,7 +133,7 @@ def head(engine: Engine) -> int:
 
 def caught_up(engine: Engine, name: str) -> bool:
     with engine.connect() as conn:
-        live, building = registry.active(conn, name)
+        live, building = versions.active(conn, name)
         position = read_head(conn)[0]
     return (
         building is None
@@ -229,7 +229,7 @@ def test_a_killed_projector_mid_backlog_loses_and_repeats_nothing(db_url, migrat
     assert wait_until(lambda: caught_up(engine, "entities"), 60), projectors.log(second)
     with engine.connect() as conn:
         assert actual_entities(conn) == expected_entities(stream.deliveries)
-        (v1,) = registry.versions(conn, "entities")
+        (v1,) = versions.of(conn, "entities")
         assert (v1.version, v1.status, v1.position) == (1, "live", total)
     assert errors_recorded(engine) == 0
     projectors.stop(second)
@@ -308,7 +308,7 @@ def test_two_workers_fail_over_when_the_lease_holder_is_killed(pg_url, migrated,
     assert workers[other].poll() is None
     with engine.connect() as conn:
         assert actual_entities(conn) == expected_entities(stream.deliveries)
-        (v1,) = registry.versions(conn, "entities")
+        (v1,) = versions.of(conn, "entities")
         assert (v1.status, v1.state) == ("live", "running")
     assert errors_recorded(engine) == 0
     projectors.stop(workers[other])

@@ -10,9 +10,9 @@ import orjson
 import pytest
 from sqlalchemy import text
 
-from projections import registry
+from projections import versions
+from projections.adapters import COPY_ROWS, gc_paused
 from projections.declarative import RowState, fold
-from projections.projector import COPY_ROWS, gc_paused
 from projections.worker import Worker, read_events
 from tests.helpers import append, new_event
 from tests.projection_support import ENTITIES, drain, entity_body, projectors_for
@@ -78,11 +78,11 @@ def test_every_chunking_and_a_rebuild_give_the_event_by_event_table(engine, seed
 
     # rebuilds in chunks of 7 and of the whole log, each beside the live version
     for chunk in (7, 10_000):
-        registry.request_rebuild(engine, projectors["entities"])
+        versions.request_rebuild(engine, projectors["entities"])
         drain(Worker(engine, projectors, owner="w", rebuild_batch=chunk))
         with engine.connect() as conn:
             assert table(conn) == expected
-            live, building = registry.active(conn, "entities")
+            live, building = versions.active(conn, "entities")
             assert building is None
             assert orjson.loads(live.diff) == {"added": 0, "removed": 0, "changed": 0}
 
@@ -122,7 +122,7 @@ def test_a_version_of_another_kind_than_the_stored_row_is_a_handler_error(engine
     projectors = projectors_for(entities=ENTITIES)
     drain(Worker(engine, projectors, owner="w", live_batch=1))
     with engine.connect() as conn:
-        (version,) = registry.versions(conn, "entities")  # still building: it halted
+        (version,) = versions.of(conn, "entities")  # still building: it halted
         assert (version.state, version.position) == ("failed", 1)
         assert "is a string but the row's version '1' is a number" in version.last_error
         rows = table(conn, version.table_name)

@@ -12,9 +12,9 @@ from sqlalchemy import text
 
 from ledger import migrate
 from ledger.db import make_engine
-from projections import registry
-from projections.projector import DeclarativeProjector
-from projections.query import live_view, select_rows
+from projections import failures, leases, versions
+from projections.adapters import DeclarativeAdapter
+from projections.reads import live_view, select_rows
 from projections.status import status
 from projections.worker import Worker
 from tests.helpers import append, new_event
@@ -46,7 +46,7 @@ class Crash(BaseException):
     """Stands for a process dying mid-transaction."""
 
 
-class CrashingProjector(DeclarativeProjector):
+class CrashingProjector(DeclarativeAdapter):
     def __init__(self, definition, rng: random.Random) -> None:
         super().__init__(definition)
         self.rng = rng
@@ -105,11 +105,11 @@ def test_any_batching_any_crash_and_a_rebuild_agree(db_url_factory, items, batch
         assert actual_entities(conn) == expected
 
     # a rebuild from position 1 in one large batch gives the same table
-    registry.request_rebuild(engine, projectors["entities"])
+    versions.request_rebuild(engine, projectors["entities"])
     drain(Worker(engine, projectors, owner=owner))
     with engine.connect() as conn:
         assert actual_entities(conn) == expected
-        live, building = registry.active(conn, "entities")
+        live, building = versions.active(conn, "entities")
         assert building is None and live.version == 2
         assert orjson.loads(live.diff) == {"added": 0, "removed": 0, "changed": 0}
     engine.dispose()
@@ -168,7 +168,7 @@ def test_halt_records_the_error_and_stops_at_the_poison(engine):
     assert entry["last_error"]["position"] == 2
     assert "poisoned event at 2" in entry["last_error"]["error"]
     # retrying without a fix halts again at the same event, and records it again
-    assert registry.retry(engine, "p") == 1
+    assert failures.retry(engine, "p") == 1
     drain(worker)
     (entry,) = status(engine, projectors)
     assert (entry["state"], entry["position"]) == ("failed", 1)
@@ -208,7 +208,7 @@ def test_a_changed_definition_builds_beside_and_swaps_with_a_diff(engine):
     worker = Worker(engine, second, owner="w")
     drain(worker)
     with engine.connect() as conn:
-        live, building = registry.active(conn, "entities")
+        live, building = versions.active(conn, "entities")
         assert building is None and live.version == 2 and live.reason == "definition changed"
         tables = {r[0] for r in conn.execute(text(_tables_sql(engine)))}
         assert "p_entities_v1" not in tables and "p_entities_v2" in tables
@@ -239,7 +239,7 @@ def test_rebuild_diff_reports_what_a_fix_changed(engine):
     fixed = projectors_for(entities=ENTITIES)
     drain(Worker(engine, fixed, owner="w"))
     with engine.connect() as conn:
-        live, _ = registry.active(conn, "entities")
+        live, _ = versions.active(conn, "entities")
         assert orjson.loads(live.diff) == {"added": 0, "removed": 0, "changed": 6}
 
 
@@ -280,14 +280,14 @@ def test_reads_during_a_rebuild_never_see_partial_state(engine):
 
     thread = threading.Thread(target=reader)
     thread.start()
-    registry.request_rebuild(engine, projectors["entities"])
+    versions.request_rebuild(engine, projectors["entities"])
     drain(Worker(engine, projectors, owner="w", rebuild_batch=50))
     stop.set()
     thread.join()
     assert problems == []
     assert reads["n"] > 0
     with engine.connect() as conn:
-        assert registry.active(conn, "entities")[0].version == 2
+        assert versions.active(conn, "entities")[0].version == 2
 
 
 def test_the_sql_view_shows_the_live_version(engine):
@@ -319,19 +319,19 @@ def test_a_worker_that_lost_its_lease_cannot_commit(engine):
     b = Worker(engine, projectors, owner="b", live_batch=2, rebuild_batch=2, lease_ttl=0.0)
     a.run_once()  # creates v1 and applies 1..2
     with engine.connect() as conn:
-        stale = registry.active(conn, "entities")[1]
+        stale = versions.active(conn, "entities")[1]
     b.run_once()  # the lease expired at once: b takes over and applies 3..4
     # a still believes the checkpoint is where it saw it: its compare-and-set must fail
     assert a.step(projectors["entities"], stale, 5, 2) is False
     with engine.connect() as conn:
-        assert registry.active(conn, "entities")[1].position == 4
+        assert versions.active(conn, "entities")[1].position == 4
 
 
 def test_leases_give_each_projection_one_worker(engine):
     projectors = projectors_for(entities=ENTITIES)
-    assert registry.acquire_lease(engine, "entities", "a", 5)
-    assert not registry.acquire_lease(engine, "entities", "b", 5)
-    assert registry.acquire_lease(engine, "entities", "a", 5)  # renewal
-    registry.release_lease(engine, "entities", "a")
-    assert registry.acquire_lease(engine, "entities", "b", 5)
+    assert leases.acquire_lease(engine, "entities", "a", 5)
+    assert not leases.acquire_lease(engine, "entities", "b", 5)
+    assert leases.acquire_lease(engine, "entities", "a", 5)  # renewal
+    leases.release_lease(engine, "entities", "a")
+    assert leases.acquire_lease(engine, "entities", "b", 5)
     assert projectors

@@ -13,8 +13,8 @@ from sqlalchemy import Connection, Engine, event
 
 from api.console.event_log import MINUTE_US, minute_counts
 from ledger.db import writer
-from projections import registry
-from projections.query import live_view, select_rows
+from projections import versions
+from projections.reads import live_view, select_rows
 from projections.worker import Worker
 from tests.projection_support import drain, projectors_for
 
@@ -86,7 +86,7 @@ def big_projection(engine) -> Engine:
     projectors = projectors_for(people=CONFIG)
     drain(Worker(engine, projectors, owner="w"))
     with engine.connect() as conn:
-        live, _ = registry.active(conn, "people")
+        live, _ = versions.active(conn, "people")
     mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
     rows = [
         (f"{i:06}", f"p{i}@example.com", i % 97, "{}", None, i, i % 10 == 0)

@@ -10,7 +10,7 @@ import orjson
 
 from ledger import migrate
 from ledger.db import make_engine
-from projections import registry
+from projections import leases, versions
 from projections.worker import Worker, WorkerThread
 from tests.helpers import append, new_event
 from tests.projection_support import drain, projectors_for
@@ -33,8 +33,8 @@ def test_a_rebuild_with_a_big_old_table_lets_appends_through_and_swaps_meanwhile
         things={"key": "/id", "object": "/data", "columns": {"n": "/data/n"}}
     )
     drain(Worker(setup, projectors, owner="first"))
-    registry.release_lease(setup, "things", "first")
-    row, _ = registry.request_rebuild(setup, projectors["things"])
+    leases.release_lease(setup, "things", "first")
+    row, _ = versions.request_rebuild(setup, projectors["things"])
 
     engine = make_engine(db_url)  # the worker's own engine, apart from the appends'
     worker = Worker(engine, projectors, owner="second", idle_poll=0.05)
@@ -58,9 +58,9 @@ def test_a_rebuild_with_a_big_old_table_lets_appends_through_and_swaps_meanwhile
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             with setup.connect() as conn:
-                rows = registry.versions(conn, "things")
-            live, _ = registry.active_of(rows)
-            if live.version == row.version and live.diff and not registry.undropped(rows):
+                rows = versions.of(conn, "things")
+            live, _ = versions.active_of(rows)
+            if live.version == row.version and live.diff and not versions.undropped(rows):
                 break
             time.sleep(0.2)
         time.sleep(0.5)  # appends after the drop, too

@@ -19,7 +19,7 @@ from api.app import ROUTES
 from api.errors import HANDLERS
 from ledger.db import make_engine, storage_error, translated
 from ledger.errors import ConfigError, NotMigrated, StatementFailed, StorageUnavailable
-from projections.projector import load_projectors
+from projections.adapters import load_adapters
 from tests.conftest import config_from
 from tests.projection_support import entities_projection, entities_toml
 
@@ -150,7 +150,7 @@ def test_a_projection_named_like_one_of_our_tables_is_a_config_error(tmp_path, n
     )
     config = config_from(tmp_path, text_)
     with pytest.raises(ConfigError, match=rf"projections\.{name}: the name is reserved"):
-        load_projectors(config)
+        load_adapters(config)
 
 
 # --- issue 13 item 15: NUL in a filter or key is the request's fault, on every backend ----

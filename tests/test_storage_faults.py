@@ -11,7 +11,7 @@ from sqlalchemy import event
 
 from ledger.db import make_engine, translated
 from ledger.errors import NotMigrated, StorageUnavailable
-from ledger.verify import verify_ledger
+from ledger.integrity import verify_ledger
 from tests.helpers import stored_bodies
 
 CONFIG = """

@@ -12,7 +12,7 @@ from sqlalchemy import Connection, Integer, func, literal_column, select
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from api.console import chain, queries
+from api.console import chain, log_filter
 from api.console.session import ConsoleError, require
 from api.console.templating import ENV, SECURITY_HEADERS, base, render
 from api.services import services_of, with_connection
@@ -127,15 +127,15 @@ def _position(request: Request, name: str) -> int | None:
 def _limit(request: Request) -> int:
     raw = request.query_params.get("limit", "")
     if not raw:
-        return queries.DEFAULT_PAGE
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= queries.MAX_PAGE:
-        raise ConsoleError(400, "Bad limit", f"limit must be between 1 and {queries.MAX_PAGE}")
+        return log_filter.DEFAULT_PAGE
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= log_filter.MAX_PAGE:
+        raise ConsoleError(400, "Bad limit", f"limit must be between 1 and {log_filter.MAX_PAGE}")
     return int(raw)
 
 
 async def log_page(request: Request) -> Response:
     require(request, "read")
-    filters = queries.EventFilter.parse(request.query_params)
+    filters = log_filter.EventFilter.parse(request.query_params)
     before, after = _position(request, "before"), _position(request, "after")
     limit = _limit(request)
     hl = services_of(request)
@@ -143,7 +143,7 @@ async def log_page(request: Request) -> Response:
 
     def read(conn):
         head, head_hash = read_head(conn)
-        page = queries.page_of_events(conn, filters, before, after, limit)
+        page = log_filter.page_of_events(conn, filters, before, after, limit)
         return head, head_hash, page, load_chart(conn, configured)
 
     head, head_hash, page, drawn = await with_connection(request, read)
@@ -154,7 +154,7 @@ async def log_page(request: Request) -> Response:
         {
             "filters": filters,
             "page": page,
-            "limit": limit if limit != queries.DEFAULT_PAGE else None,
+            "limit": limit if limit != log_filter.DEFAULT_PAGE else None,
             "head": head,
             "head_hash": head_hash,
             "chart": drawn,
@@ -169,9 +169,9 @@ async def log_page(request: Request) -> Response:
 async def tail(request: Request) -> Response:
     """New rows above `after` that match the page's filters, as server-escaped HTML."""
     require(request, "read")
-    filters = queries.EventFilter.parse(request.query_params)
+    filters = log_filter.EventFilter.parse(request.query_params)
     after = _position(request, "after") or 0
-    rows = await with_connection(request, queries.events_after, filters, after, TAIL_ROWS)
+    rows = await with_connection(request, log_filter.events_after, filters, after, TAIL_ROWS)
     html = ENV.get_template("_event_rows.html").render(ui=base(request), rows=rows, fresh=True)
     last = rows[0].position if rows else after
     return JSONResponse(

@@ -13,14 +13,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.audit import raw_headers
-from api.console import queries
+from api.console import log_filter
 from api.console.session import ConsoleError, require
 from api.console.templating import SECURITY_HEADERS, render
 from api.services import services_of, with_connection
 from ledger import store
-from projections import registry
+from projections import versions
+from projections.adapters import Adapter
 from projections.model import Event
-from projections.projector import Projector
 
 SHOWN_BODY_BYTES = 256 * 1024
 HEX_PREVIEW_BYTES = 512
@@ -43,7 +43,7 @@ def _position(request: Request) -> int:
     return int(raw)
 
 
-def _skip_reason(projector: Projector, row: Row) -> str:
+def _skip_reason(projector: Adapter, row: Row) -> str:
     if row.duplicate_of is not None:
         return f"a re-delivery of #{row.duplicate_of}: duplicates are never applied"
     if projector.source is not None and row.source != projector.source:
@@ -52,7 +52,7 @@ def _skip_reason(projector: Projector, row: Row) -> str:
 
 
 def verdict(
-    projector: Projector, row: Row, live: Row | None, building: Row | None, error: Row | None
+    projector: Adapter, row: Row, live: Row | None, building: Row | None, error: Row | None
 ) -> Verdict:
     """applied: a version's checkpoint passed the event and the event matches its filter;
     skipped: not matching, or a duplicate; failed: a handler error recorded at it."""
@@ -121,13 +121,13 @@ async def event_page(request: Request) -> Response:
         row = store.get_event(conn, position)
         if row is None:
             return None
-        errors = queries.errors_at(conn, position)
+        errors = log_filter.errors_at(conn, position)
         verdicts = [
-            verdict(p, row, *registry.active(conn, name), errors.get(name))
+            verdict(p, row, *versions.active(conn, name), errors.get(name))
             for name, p in hl.projectors.items()
         ]
         head, _ = store.read_head(conn)
-        return row, queries.deliveries(conn, row), verdicts, head
+        return row, log_filter.deliveries(conn, row), verdicts, head
 
     found = await with_connection(request, read)
     if found is None:

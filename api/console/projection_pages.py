@@ -17,8 +17,8 @@ from api.console.templating import SECURITY_HEADERS, redirect, render
 from api.services import services_of, with_connection
 from ledger.db import translated
 from ledger.store import read_head
-from projections import query, registry
-from projections.projector import Projector
+from projections import reads, versions
+from projections.adapters import Adapter
 from projections.schema import projection_errors
 from projections.status import describe, status
 
@@ -27,7 +27,7 @@ ROW_PAGE = 50
 ERRORS_SHOWN = 50
 
 
-def _projector(request: Request) -> Projector:
+def _projector(request: Request) -> Adapter:
     name = request.path_params["name"]
     projector = services_of(request).projectors.get(name)
     if projector is None:
@@ -70,12 +70,12 @@ def cell(value: Any) -> str:
     return str(value)
 
 
-def _rows_page(conn: Connection, projector: Projector, params: dict[str, str]) -> dict[str, Any]:
+def _rows_page(conn: Connection, projector: Adapter, params: dict[str, str]) -> dict[str, Any]:
     """The rows browser: filters (column=value), sort, cursor, tombstones; errors as a message."""
     out: dict[str, Any] = {"view": None, "rows": [], "next": None, "problem": None, "columns": []}
     try:
-        view = query.live_view(conn, projector.name)
-    except query.NotBuilt:
+        view = reads.live_view(conn, projector.name)
+    except reads.NotBuilt:
         out["problem"] = "No live version yet: the first build is running."
         return out
     out["view"] = view
@@ -84,7 +84,7 @@ def _rows_page(conn: Connection, projector: Projector, params: dict[str, str]) -
     out["booleans"] = {c.name for c in view.table.c if isinstance(c.type, Boolean)}
     filters = {k: v for k, v in params.items() if k not in ROW_PARAMS and v != ""}
     try:
-        rows, nxt = query.select_rows(
+        rows, nxt = reads.select_rows(
             conn,
             view,
             filters,
@@ -93,7 +93,7 @@ def _rows_page(conn: Connection, projector: Projector, params: dict[str, str]) -
             params.get("cursor") or None,
             params.get("include_deleted", "") in ("1", "true", "on"),
         )
-    except query.QueryError as e:
+    except reads.QueryError as e:
         out["problem"] = str(e)
         return out
     out["rows"] = [{k: cell(v) for k, v in r.items()} for r in rows]
@@ -146,7 +146,7 @@ async def rebuild(request: Request) -> Response:
 
     def start():
         with translated():
-            return registry.request_rebuild(hl.engine, projector)
+            return versions.request_rebuild(hl.engine, projector)
 
     row, _started = await run_in_threadpool(start)
     if hl.worker is not None:

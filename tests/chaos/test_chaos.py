@@ -35,10 +35,10 @@ from sqlalchemy import func, select
 
 from ledger.config import load_config
 from ledger.db import make_engine
+from ledger.integrity import verify_ledger
 from ledger.store import iter_events
-from ledger.verify import verify_ledger
-from projections import registry
-from projections.projector import load_projectors
+from projections import leases, versions
+from projections.adapters import load_adapters
 from projections.schema import projection_errors
 from projections.status import status
 from projections.worker import Worker
@@ -377,7 +377,7 @@ def test_chaos_under_load_keeps_every_promise(postgres, tmp_path):
         assert result.ok and result.checked == head, result
 
         # --- the projection: caught up, not stuck, equal to an independent fold ------------
-        projectors = load_projectors(load_config(str(config), {}))
+        projectors = load_adapters(load_config(str(config), {}))
         deadline = time.monotonic() + 90
         entry = status(engine, projectors)[0]
         while not (entry["lag"] == 0 and entry["rebuild"] is None and entry["state"] == "live"):
@@ -394,25 +394,25 @@ def test_chaos_under_load_keeps_every_promise(postgres, tmp_path):
             deliveries = [(r.event_type, r.body, r.duplicate_of is not None) for r in rows]
             expected_rows = expected_entities(deliveries)
             assert actual_entities(conn) == expected_rows
-            live_before, _ = registry.active(conn, "entities")
+            live_before, _ = versions.active(conn, "entities")
 
         # --- a rebuild from the log gives the same rows ------------------------------------
         exits = {p.name: p.terminate() for p in procs}
         projector = projectors["entities"]
-        rebuilt, started = registry.request_rebuild(engine, projector)
+        rebuilt, started = versions.request_rebuild(engine, projector)
         assert started and rebuilt.version > live_before.version
         rebuilder = Worker(engine, projectors, owner="chaos-rebuild")
         deadline = time.monotonic() + 60  # a SIGKILLed holder's lease expires within seconds
         while True:
             busy = rebuilder.run_once()
             with engine.connect() as conn:
-                live, building = registry.active(conn, "entities")
+                live, building = versions.active(conn, "entities")
             if building is None and live.version == rebuilt.version:
                 break
             assert time.monotonic() < deadline, f"the rebuild never finished: {live} {building}"
             if not busy:
                 time.sleep(0.2)
-        registry.release_lease(engine, "entities", rebuilder.owner)
+        leases.release_lease(engine, "entities", rebuilder.owner)
         with engine.connect() as conn:
             assert actual_entities(conn) == expected_rows
             assert orjson.loads(live.diff) == {"added": 0, "removed": 0, "changed": 0}

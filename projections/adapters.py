@@ -1,4 +1,8 @@
-"""One interface over declarative and Python projections, for the engine to drive."""
+"""Adapters: one interface over declarative and Python projections.
+
+The projector (`projections.worker.Worker`) drives a projection through its adapter:
+build the table, fold a batch of events, describe its definition.
+"""
 
 from __future__ import annotations
 
@@ -68,7 +72,7 @@ class Outcome:
     rows_total: int | None = None
 
 
-class Projector:
+class Adapter:
     """A projection as the engine sees it."""
 
     name: str
@@ -101,7 +105,7 @@ class Projector:
         )
 
 
-class DeclarativeProjector(Projector):
+class DeclarativeAdapter(Adapter):
     """Drives a `Definition`: load the touched rows' guard, fold, upsert the winners."""
 
     kind = "declarative"
@@ -273,7 +277,7 @@ def _sql(conn: Connection, table: Table, defn: Definition) -> RowSql:
     return row_sql(conn.dialect.name, conn.dialect.paramstyle, table.name, defn)
 
 
-class PythonProjector(Projector):
+class PythonAdapter(Adapter):
     """Drives a user's `Projection`; finds the failing event of a batch by bisecting to one."""
 
     kind = "python"
@@ -345,13 +349,13 @@ def is_sql_keyword(name: str) -> bool:
     return False
 
 
-def load_projectors(config: Config) -> dict[str, Projector]:
+def load_adapters(config: Config) -> dict[str, Adapter]:
     """Every projection of the config, validated; ConfigError names file and key.
 
     Python projections import with the config file's folder on the import path."""
     where = config.path or "<defaults>"
     folder = str(Path(config.path).resolve().parent) if config.path else None
-    out: dict[str, Projector] = {}
+    out: dict[str, Adapter] = {}
     for name, raw in config.projections.items():
         if (
             not name.isascii()
@@ -389,9 +393,9 @@ def load_projectors(config: Config) -> dict[str, Projector]:
             if on_error not in ("halt", "skip"):
                 raise ConfigError(f"{where}: projections.{name}.on_error: expected halt or skip")
             impl = load_class(str(raw["class"]), f"{where}: projections.{name}.class", folder)
-            out[name] = PythonProjector(name, impl, str(raw["class"]), on_error)
+            out[name] = PythonAdapter(name, impl, str(raw["class"]), on_error)
         else:
-            out[name] = DeclarativeProjector(Definition.parse(name, raw, where))
+            out[name] = DeclarativeAdapter(Definition.parse(name, raw, where))
         source = out[name].source
         if source is not None and source not in config.sources:
             key = "class" if "class" in raw else "source"

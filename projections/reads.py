@@ -33,7 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import NoSuchTableError
 
-from projections import registry
+from projections import versions
 
 
 class QueryError(ValueError):
@@ -65,7 +65,7 @@ def live_view(conn: Connection, name: str) -> LiveView:
     # version's table while it is reflected (an error, or a table without its primary key).
     # The swap moves the registry in the same transaction: if the registry still names the
     # same version after the reflection, the reflection saw the whole table.
-    live, _ = registry.active(conn, name)
+    live, _ = versions.active(conn, name)
     if live is None:
         raise NotBuilt(name)
     cached = _LAYOUTS.get(_layout_key(conn, live))
@@ -73,12 +73,12 @@ def live_view(conn: Connection, name: str) -> LiveView:
         view, keys = cached
         return LiveView(name, live.version, live.position, view, keys)
     for _ in range(5):
-        live, _ = registry.active(conn, name)
+        live, _ = versions.active(conn, name)
         if live is None:
             raise NotBuilt(name)
         with contextlib.suppress(NoSuchTableError):
             physical = Table(live.table_name, MetaData(), autoload_with=conn)
-            again, _ = registry.active(conn, name)
+            again, _ = versions.active(conn, name)
             if again is not None and again.version == live.version:
                 break
     else:

@@ -1,8 +1,9 @@
-"""The registry: versions with checkpoints, leases, errors, and the atomic swap.
+"""A projection's versions: each one's table, status and checkpoint, and how a new one starts.
 
-Every write here is one short transaction; the checkpoint moves only by
-compare-and-set, so a worker that lost its lease cannot write over the
-one that took it.
+A version is a row of `projection_versions` and a table `p_<name>_v<N>`; the view
+`<name>` points at the live one (`projections.swap`). Every write here is one short
+transaction, and the checkpoint moves only by compare-and-set (`advance`), so a worker
+that lost its lease cannot write over the one that took it.
 """
 
 from __future__ import annotations
@@ -11,14 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import (
-    Connection,
-    Engine,
-    Row,
-    func,
-    select,
-    update,
-)
+from sqlalchemy import Connection, Engine, Row, func, select, update
 from sqlalchemy import exc as sa_exc
 
 from ledger.db import writer
@@ -26,8 +20,8 @@ from ledger.erase import recorded_ranges
 from ledger.errors import HookledgerError
 from ledger.schema import events
 from ledger.store import read_head
-from projections.projector import Projector
-from projections.schema import projection_errors, projection_leases, projection_versions
+from projections.adapters import Adapter
+from projections.schema import projection_versions
 
 V = projection_versions
 ACTIVE = ("building", "live")
@@ -42,7 +36,7 @@ def table_name(name: str, version: int) -> str:
     return f"p_{name}_v{version}"
 
 
-def versions(conn: Connection, name: str | None = None) -> list[Row]:
+def of(conn: Connection, name: str | None = None) -> list[Row]:
     """Registry rows, newest version first."""
     query = select(V).order_by(V.c.name, V.c.version.desc())
     if name is not None:
@@ -52,7 +46,7 @@ def versions(conn: Connection, name: str | None = None) -> list[Row]:
 
 def active(conn: Connection, name: str) -> tuple[Row | None, Row | None]:
     """(live, building) versions of a projection."""
-    return active_of(versions(conn, name))
+    return active_of(of(conn, name))
 
 
 def active_of(rows: Sequence[Row]) -> tuple[Row | None, Row | None]:
@@ -70,7 +64,7 @@ class RebuildRefused(HookledgerError):
     """Raised when a projection cannot be rebuilt faithfully (its events' bodies were erased)."""
 
 
-def erased_inputs(conn: Connection, projector: Projector) -> tuple[int, int | None, int | None]:
+def erased_inputs(conn: Connection, projector: Adapter) -> tuple[int, int | None, int | None]:
     """How many events this projection reads have erased bodies (count, first, last).
 
     Only the positions that recorded erasures cover are searched: `erase` records each
@@ -94,7 +88,7 @@ def erased_inputs(conn: Connection, projector: Projector) -> tuple[int, int | No
     return count, first, last
 
 
-def create_version(conn: Connection, projector: Projector, reason: str) -> Row:
+def create_version(conn: Connection, projector: Adapter, reason: str) -> Row:
     """Create the next version's table and registry row (status building) in `conn`'s txn.
 
     Refuses (RebuildRefused) when events the projection reads have erased
@@ -143,17 +137,7 @@ def undropped(rows: Sequence[Row]) -> list[Row]:
     return [r for r in rows if r.status in ("retired", "abandoned") and r.dropped_at_us is None]
 
 
-def fail(conn: Connection, row: Row, error: str, traceback: str | None) -> None:
-    """Mark a version failed by an engine error (not a handler's), visible everywhere."""
-    conn.execute(
-        update(V)
-        .where(V.c.name == row.name, V.c.version == row.version, V.c.status.in_(ACTIVE))
-        .values(state="failed", last_error=error)
-    )
-    record_errors(conn, row.name, row.version, [(row.position + 1, error, traceback)])
-
-
-def ensure_current(engine: Engine, projector: Projector) -> Row | None:
+def ensure_current(engine: Engine, projector: Adapter) -> Row | None:
     """Make sure a version with the projector's current definition exists or is building.
 
     Returns the version it created, if any. Safe to call from several workers."""
@@ -177,7 +161,7 @@ def ensure_current(engine: Engine, projector: Projector) -> Row | None:
             return None  # another worker created it at the same moment
 
 
-def request_rebuild(engine: Engine, projector: Projector) -> tuple[Row, bool]:
+def request_rebuild(engine: Engine, projector: Adapter) -> tuple[Row, bool]:
     """Start a rebuild (a new version beside the live one), or return the one running.
 
     Returns (version row, started_now)."""
@@ -211,79 +195,3 @@ def count_rows(conn: Connection, name: str, version: int, added: int, total: int
         .where(V.c.name == name, V.c.version == version)
         .values(row_count=total if total is not None else V.c.row_count + added)
     )
-
-
-def record_errors(
-    conn: Connection, name: str, version: int, errors: Sequence[tuple[int, str, str | None]]
-) -> None:
-    if errors:
-        stamp = now_us()
-        conn.execute(
-            projection_errors.insert(),
-            [
-                {
-                    "name": name,
-                    "version": version,
-                    "position": p,
-                    "error": e,
-                    "traceback": tb,
-                    "at_us": stamp,
-                }
-                for p, e, tb in errors
-            ],
-        )
-
-
-def retry(engine: Engine, name: str) -> int:
-    """Resume failed versions of a projection; returns how many were resumed."""
-    with writer(engine.connect()) as conn, conn.begin():
-        result = conn.execute(
-            update(V)
-            .where(V.c.name == name, V.c.state == "failed", V.c.status.in_(ACTIVE))
-            .values(state="running")
-        )
-        return result.rowcount
-
-
-# --- leases -------------------------------------------------------------------
-
-
-def acquire_lease(engine: Engine, name: str, owner: str, ttl_s: float) -> bool:
-    """Take or renew the lease on a projection; False while another live worker holds it."""
-    stamp = now_us()
-    expires = stamp + int(ttl_s * 1_000_000)
-    with writer(engine.connect()) as conn:
-        with conn.begin():
-            result = conn.execute(
-                update(projection_leases)
-                .where(
-                    projection_leases.c.name == name,
-                    (projection_leases.c.owner == owner)
-                    | (projection_leases.c.expires_at_us < stamp),
-                )
-                .values(owner=owner, expires_at_us=expires)
-            )
-            if result.rowcount == 1:
-                return True
-            taken = conn.execute(
-                select(projection_leases.c.name).where(projection_leases.c.name == name)
-            ).first()
-            if taken is not None:
-                return False
-        try:
-            with conn.begin():
-                conn.execute(
-                    projection_leases.insert().values(name=name, owner=owner, expires_at_us=expires)
-                )
-        except sa_exc.IntegrityError:
-            return False
-        return True
-
-
-def release_lease(engine: Engine, name: str, owner: str) -> None:
-    with writer(engine.connect()) as conn, conn.begin():
-        conn.execute(
-            projection_leases.delete().where(
-                projection_leases.c.name == name, projection_leases.c.owner == owner
-            )
-        )
