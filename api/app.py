@@ -31,10 +31,9 @@ from api.services import Applied, Services, services_of
 from ledger import migrate
 from ledger.appender import Appender
 from ledger.config import Config, load_config
-from ledger.db import make_engine
 from ledger.errors import NotMigrated, StorageUnavailable
+from ledger.recorder import Listener, make_engine, recorder_for
 from projections.adapters import load_adapters
-from projections.signals import PgListener
 from projections.worker import Worker, WorkerThread
 
 log = logging.getLogger("hookledger")
@@ -160,9 +159,10 @@ def create_app(
             engine, on_commit=committed, rejections_max_bytes=config.server.rejections_max_bytes
         )
         appender.start()
-        background: list[WorkerThread | PgListener] = [WorkerThread(worker)] if worker else []
-        if worker and engine.dialect.name == "postgresql":
-            background.append(PgListener(engine, worker.wake))
+        background: list[Listener] = [WorkerThread(worker)] if worker else []
+        listener = recorder_for(engine).listener(engine, worker.wake) if worker else None
+        if listener is not None:
+            background.append(listener)
         for task in background:
             task.start()
         # Everything allocated so far lives as long as the server: keep the collector

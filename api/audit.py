@@ -16,7 +16,7 @@ from api import params
 from api.auth import require
 from api.errors import ApiError
 from api.services import services_of, with_connection
-from ledger import rejections, store, verify_job
+from ledger import recorder, rejections, verify_job
 from ledger.integrity import past_head
 from ledger.timefmt import iso_from_us
 
@@ -41,7 +41,7 @@ async def list_events(request: Request) -> Response:
     limit = params.limit(request)
     rows = await with_connection(
         request,
-        store.list_events,
+        recorder.list_events,
         source=request.query_params.get("source") or None,
         event_type=request.query_params.get("type") or None,
         after=params.integer(request, "after", 0, 0, params.MAX_INT),
@@ -56,7 +56,7 @@ async def list_events(request: Request) -> Response:
 async def get_event(request: Request) -> Response:
     require(request, "read")
     position = params.path_int(request, "position")
-    row = await with_connection(request, store.get_event, position)
+    row = await with_connection(request, recorder.get_event, position)
     if row is None:
         raise ApiError(404, "not_found", f"no event at position {position}")
     doc = meta(row)
@@ -75,7 +75,7 @@ async def get_event(request: Request) -> Response:
 async def get_raw(request: Request) -> Response:
     require(request, "read")
     position = params.path_int(request, "position")
-    row = await with_connection(request, store.get_event, position)
+    row = await with_connection(request, recorder.get_event, position)
     if row is None:
         raise ApiError(404, "not_found", f"no event at position {position}")
     if row.body is None:
@@ -97,12 +97,12 @@ def raw_headers(row: Any) -> dict[str, str]:
 
 
 def _ledger_summary(conn) -> dict[str, Any]:
-    head, head_hash = store.read_head(conn)
+    head, head_hash = recorder.read_head(conn)
     return {
         "head": head,
         "head_hash": head_hash,
         "count": head,
-        "sources": store.read_source_counts(conn),
+        "sources": recorder.read_source_counts(conn),
     }
 
 
@@ -129,7 +129,7 @@ async def verify(request: Request) -> Response:
     start = params.integer(request, "from", 1, 1, params.MAX_INT)
     wait = params.integer(request, "wait", VERIFY_WAIT_SECONDS, 0, MAX_VERIFY_WAIT_SECONDS)
     hl = services_of(request)
-    head, _ = await with_connection(request, store.read_head)
+    head, _ = await with_connection(request, recorder.read_head)
     problem = past_head(start, head)
     if problem is not None:
         raise ApiError(409, "past_head", f"from: {problem}")  # valid, but not for this log

@@ -1,29 +1,25 @@
 """One error shape for the whole API: {"error": code, "detail": sentence}.
 
 Every failure is mapped here, by exception class, in one place. Database errors
-are classified by `ledger.db.storage_error` wherever they surface, so a route that
+are classified by `ledger.recorder.storage_error` wherever they surface, so a route that
 reaches the database without `translated()` answers exactly as one that uses it.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Mapping
 
-import psycopg
-from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ledger.db import storage_error
 from ledger.errors import NotMigrated, StatementFailed, StorageUnavailable, ValueRefused
+from ledger.recorder import DATABASE_ERRORS, storage_error
 
 log = logging.getLogger("hookledger")
 
 RETRY_AFTER_SECONDS = "2"
-DATABASE_ERRORS = (sa_exc.SQLAlchemyError, sqlite3.Error, psycopg.Error)
 STORAGE_ERRORS = (StorageUnavailable, NotMigrated, StatementFailed, ValueRefused, *DATABASE_ERRORS)
 
 _CODES = {

@@ -16,7 +16,7 @@ from api.deadlines import BodyDeadlines
 from api.errors import STORAGE_ERRORS, ApiError, storage_answer
 from ledger.errors import HookledgerError
 from ledger.intake import Received, decide, slack_challenge, unconfigured
-from ledger.store import NewEvent, Rejection
+from ledger.recorder import NewEvent, Rejection
 
 log = logging.getLogger("hookledger.ingest")
 

@@ -18,9 +18,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 
 from ledger import rejections
-from ledger.db import translated
 from ledger.errors import HookledgerError
-from ledger.store import read_head
+from ledger.recorder import read_head, translated
 from projections.adapters import Adapter
 from projections.status import status
 

@@ -16,8 +16,7 @@ from api.audit import OrjsonResponse
 from api.auth import require
 from api.errors import ApiError
 from api.services import services_of, with_connection
-from ledger.db import translated
-from ledger.store import read_head
+from ledger.recorder import read_head, translated
 from ledger.timefmt import iso_from_us
 from projections import failures, reads, versions
 from projections.adapters import Adapter

@@ -23,7 +23,7 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
 
     from api.app import startup_warnings
     from api.handover import Handover
-    from ledger.db import make_engine
+    from ledger.recorder import make_engine
     from projections.adapters import load_adapters
 
     if not config.tokens and not is_loopback(args.host) and not args.insecure_no_auth:

@@ -21,7 +21,7 @@ from api.deadlines import BodyDeadlines
 from api.metrics import Metrics
 from ledger.appender import Appender
 from ledger.config import Config
-from ledger.db import translated
+from ledger.recorder import translated
 from projections.adapters import Adapter
 from projections.worker import Worker
 
@@ -80,7 +80,7 @@ async def with_connection(
     **kwargs: P.kwargs,
 ) -> T:
     """`fn(conn, *args, **kwargs)` on a pooled connection in a worker thread, off the
-    event loop, with driver errors translated (`ledger.db.translated`)."""
+    event loop, with driver errors translated (`ledger.recorder.translated`)."""
     engine = services_of(request).engine
 
     def call() -> T:

@@ -17,8 +17,7 @@ import uuid
 from collections.abc import Sequence
 
 from ledger import migrate
-from ledger.db import make_engine, writer
-from ledger.store import NewEvent, append_batch
+from ledger.recorder import NewEvent, append_batch, make_engine, writer
 
 HEADERS = '[["content-type","application/json"]]'
 

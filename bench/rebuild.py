@@ -28,10 +28,10 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, text
 
-from ledger import body_firsts, chain, migrate
+from ledger import chain, migrate
 from ledger.config import Config
-from ledger.db import make_engine, writer
-from ledger.schema import events, ledger_head
+from ledger.recorder import body_firsts, make_engine, writer
+from ledger.recorder.schema import events, ledger_head
 
 KEYS = 100_000
 CHUNK = 10_000

@@ -226,7 +226,7 @@ KEY_FUNCTIONS = {  # steps of the ingest path; those absent from the profile are
     "api/access_log.py:AccessLines._flush": "`api.access_log.AccessLines._flush` (log writes)",
     "logging/__init__.py:Logger.info": "`logging.Logger.info`",
     "ledger/appender.py:Appender._write": "`ledger.appender.Appender._write` (one batch)",
-    "ledger/store.py:append_batch": "`ledger.store.append_batch` (chain + INSERT)",
+    "ledger/recorder/base.py:append_batch": "`Recorder.append_batch` (chain + INSERT)",
     "sqlalchemy/engine/default.py:DefaultDialect.do_commit": "commit (SQLite: WAL write, fdatasync)",
 }
 

@@ -9,7 +9,7 @@ Refused deliveries take a lane of their own (`RejectionLane`): written only
 while no delivery waits, in batches of at most REJECTION_BATCH_BYTES, and at
 most REJECTION_DUTY of the time and REJECTION_BYTES_PER_S, so a flood of bad
 signatures cannot slow the log down; `rejections_max_bytes` bounds the table.
-Merging body digests into `body_firsts` (`ledger.body_firsts`) is idle work too:
+Merging body digests into `body_firsts` (`ledger.recorder.body_firsts`) is idle work too:
 done once no delivery has arrived for IDLE_MERGE_S.
 """
 
@@ -27,12 +27,18 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine
 
-from ledger import body_firsts
-from ledger.db import translated, writer
 from ledger.errors import HookledgerError, NotMigrated, StorageUnavailable
+from ledger.recorder import (
+    Appended,
+    NewEvent,
+    Rejection,
+    append_batch,
+    body_firsts,
+    translated,
+    writer,
+)
 from ledger.rejection_lane import RejectionLane
 from ledger.rejections import keep, stored_size
-from ledger.store import Appended, NewEvent, Rejection, append_batch
 
 log = logging.getLogger("hookledger.appender")
 

@@ -17,8 +17,7 @@ def cmd_events(args: argparse.Namespace, config: Config) -> int:
         return _event_show(args, config)
     from rich.table import Table
 
-    from ledger.db import translated
-    from ledger.store import list_events
+    from ledger.recorder import list_events, translated
     from ledger.timefmt import iso_from_us, us_from_iso
 
     def instant(text: str | None, flag: str) -> int | None:
@@ -60,8 +59,7 @@ def _event_show(args: argparse.Namespace, config: Config) -> int:
     import orjson
     from rich.text import Text
 
-    from ledger.db import translated
-    from ledger.store import get_event
+    from ledger.recorder import get_event, translated
     from ledger.timefmt import iso_from_us
 
     engine = open_engine(config)
@@ -157,7 +155,7 @@ def cmd_rejections(args: argparse.Namespace, config: Config) -> int:
     from rich.table import Table
 
     from ledger import rejections
-    from ledger.db import translated, writer
+    from ledger.recorder import translated, writer
     from ledger.timefmt import iso_from_us
 
     if args.rejections_cmd != "prune" and args.reason is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterable
+from typing import Any
 
 import orjson
 
@@ -50,6 +51,22 @@ def record(
             frame(headers),
             frame(body_digest),
         )
+    )
+
+
+def record_of(position: int, fields: Any) -> bytes:
+    """The record of one event at `position`, read from `fields`' chained attributes
+    (a delivery waiting for its position, a row of the log, an import line): the one
+    place the chained columns are named, in their order."""
+    return record(
+        position,
+        fields.received_at_us,
+        fields.source,
+        fields.event_id,
+        fields.event_type,
+        fields.query,
+        fields.headers,
+        bytes.fromhex(fields.body_sha256),
     )
 
 

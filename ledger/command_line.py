@@ -60,7 +60,7 @@ _ENGINES: list[Any] = []
 
 def open_engine(config: Config) -> Engine:
     """The configured database's engine, disposed when the command ends."""
-    from ledger.db import make_engine
+    from ledger.recorder import make_engine
 
     engine = make_engine(config.database_url)
     _ENGINES.append(engine)

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import orjson
-from sqlalchemy import ColumnElement, Connection, Engine, func, select, update
+from sqlalchemy import Connection, Engine, select, update
 
-from ledger.db import translated, writer
-from ledger.schema import erasures, events
+from ledger.recorder import Erasable, recorder_for, translated, writer
+from ledger.recorder.schema import erasures
 
 CHUNK = 1000
 
@@ -29,18 +29,11 @@ class Criteria:
     start: int | None = None
     stop: int | None = None
 
-    def where(self) -> list[ColumnElement[bool]]:
-        c = events.c
-        conds: list[ColumnElement[bool]] = [c.body.is_not(None)]
-        if self.before_us is not None:
-            conds.append(c.received_at_us < self.before_us)
-        if self.source is not None:
-            conds.append(c.source == self.source)
-        if self.start is not None:
-            conds.append(c.position >= self.start)
-        if self.stop is not None:
-            conds.append(c.position <= self.stop)
-        return conds
+    def erasable(self) -> Erasable:
+        """The events these criteria name whose body is still there."""
+        return Erasable(
+            before_us=self.before_us, source=self.source, start=self.start, stop=self.stop
+        )
 
 
 @dataclass(frozen=True)
@@ -54,14 +47,8 @@ class Plan:
 
 def plan(engine: Engine, criteria: Criteria) -> Plan:
     """Count the bodies `criteria` would erase."""
-    c = events.c
     with translated(), engine.connect() as conn:
-        row = conn.execute(
-            select(func.count(), func.min(c.position), func.max(c.position)).where(
-                *criteria.where()
-            )
-        ).one()
-    return Plan(row[0], row[1], row[2])
+        return Plan(*recorder_for(conn).erased_summary(conn, criteria.erasable()))
 
 
 def erase(
@@ -72,8 +59,9 @@ def erase(
     tick: Callable[[int], None] | None = None,
 ) -> Plan:
     """Erase the matching bodies in chunks, recording the erasure as it goes."""
-    c = events.c
+    erasable = criteria.erasable()
     with translated(), writer(engine.connect()) as conn:
+        log = recorder_for(conn)
         with conn.begin():
             record = conn.execute(
                 erasures.insert()
@@ -89,19 +77,9 @@ def erase(
         total, first, last = 0, None, None
         while True:
             with conn.begin():
-                positions = (
-                    conn.execute(
-                        select(c.position)
-                        .where(*criteria.where())
-                        .order_by(c.position)
-                        .limit(CHUNK)
-                    )
-                    .scalars()
-                    .all()
-                )
+                positions = log.erase_chunk(conn, erasable, CHUNK)
                 if not positions:
                     break
-                conn.execute(update(events).where(c.position.in_(positions)).values(body=None))
                 total += len(positions)
                 first = positions[0] if first is None else first
                 last = positions[-1]

@@ -10,7 +10,7 @@
     └── ImportRefused                an import cannot proceed (ledger not empty, bad line, broken chain)
 
 Driver exceptions (sqlite3, psycopg) are translated into these at the
-storage boundary (`ledger.db.translated`, classified by `storage_error`) and never reach users.
+storage boundary (`ledger.recorder.translated`, classified by `storage_error`) and never reach users.
 """
 
 from __future__ import annotations

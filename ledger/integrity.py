@@ -12,14 +12,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from ledger import chain
-from ledger.db import translated
 from ledger.erase import recorded_ranges
 from ledger.marks import Mark, first_bad_mark
-from ledger.schema import events
-from ledger.store import iter_events, read_head
+from ledger.recorder import iter_events, read_head, recorder_for, translated
 
 
 @dataclass(frozen=True)
@@ -50,22 +48,9 @@ def check_link(previous: bytes, expected_position: int, row: Any) -> tuple[bytes
     if row.body is not None and hashlib.sha256(row.body).hexdigest() != row.body_sha256:
         return previous, "body does not match body_sha256"
     try:
-        digest = bytes.fromhex(row.body_sha256)
+        link = chain.link(previous, chain.record_of(row.position, row))
     except (TypeError, ValueError):
         return previous, "body_sha256 is not 64 hex digits"
-    link = chain.link(
-        previous,
-        chain.record(
-            row.position,
-            row.received_at_us,
-            row.source,
-            row.event_id,
-            row.event_type,
-            row.query,
-            row.headers,
-            digest,
-        ),
-    )
     if link.hex() != row.hash:
         return previous, "hash does not match the chain"
     return link, None
@@ -101,9 +86,7 @@ def verify_ledger(
                 return VerifyResult(True, 0)
             previous = chain.GENESIS
             if start > 1:
-                before = conn.execute(
-                    select(events.c.hash).where(events.c.position == start - 1)
-                ).scalar()
+                before = recorder_for(conn).hash_at(conn, start - 1)
                 if before is None:
                     return _broken(start, start - 1, "position is missing")
                 previous = bytes.fromhex(before)
@@ -135,7 +118,7 @@ def verify_ledger(
         if expected != head + 1:
             return _broken(start, expected, "position is missing")
         with engine.connect() as conn:
-            last = conn.execute(select(events.c.hash).where(events.c.position == head)).scalar()
+            last = recorder_for(conn).hash_at(conn, head)
         if last != head_hash:
             return _broken(start, head, "head row does not match the log")
     if erased:
@@ -173,12 +156,7 @@ def first_unrecorded_erasure(engine: Engine, start: int = 1) -> int | None:
     """The first erased body that no recorded erasure covers, if any."""
     with translated(), engine.connect() as conn:
         ranges = recorded_ranges(conn)
-        erased = conn.execute(
-            select(events.c.position)
-            .where(events.c.body.is_(None), events.c.position >= start)
-            .order_by(events.c.position)
-        ).scalars()
-        for position in erased:
+        for position in recorder_for(conn).erased_positions(conn, start):
             if not any(a <= position <= b for a, b in ranges):
                 return position
     return None

@@ -32,9 +32,8 @@ def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_verify(args: argparse.Namespace, config: Config) -> int:
     from ledger import verify_job
-    from ledger.db import translated
     from ledger.integrity import past_head
-    from ledger.store import read_head
+    from ledger.recorder import read_head, translated
 
     engine = open_engine(config)
     with translated(), engine.connect() as conn:

@@ -13,21 +13,17 @@ whatever the size of the log.
 
 from __future__ import annotations
 
-import functools
 import operator
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection
 
-from ledger.db import pg_driver
-from ledger.schema import events
+from ledger.recorder import EVENT_COLUMNS, MARK_COLUMNS, recorder_for
 
 VERIFICATIONS = ("verified", "unverified", "fetched", "readmitted")
-LOOKUP_CHUNK = 500  # bound parameters per lookup, under the 999 of old SQLite builds
-_MARK_COLUMNS = ("position", "source", "event_id", "body_sha256", "verification", "duplicate_of")
-# The columns by index in a row of select(events): one C call per row (verify's hot loop).
-_FROM_EVENT_ROW = operator.itemgetter(*(list(events.c.keys()).index(c) for c in _MARK_COLUMNS))
+# The columns by index in a row of the log: one C call per row (verify's hot loop).
+_FROM_EVENT_ROW = operator.itemgetter(*(EVENT_COLUMNS.index(c) for c in MARK_COLUMNS))
 
 
 class Mark(NamedTuple):
@@ -120,56 +116,14 @@ def first_bad_mark(conn: Connection, marks: Sequence[Mark]) -> tuple[int, str] |
 
 def _first_positions(conn: Connection, marks: Sequence[Mark]) -> dict[tuple[str, str], int]:
     """First positions of the (source, event id) pairs of `marks` that have no
-    `duplicate_of` (the only ones the rule needs), through the (source, event_id) index.
-
-    Plain SQL, as the appender's lookup: compiling an expanding IN per chunk cost
-    more than the lookups themselves (verify ran at a quarter of its speed)."""
+    `duplicate_of` (the only ones the rule needs), among the rows before `marks`."""
     wanted: dict[str, set[str]] = {}
     for m in marks:
         if m.event_id is not None and m.duplicate_of is None:
             wanted.setdefault(m.source, set()).add(m.event_id)
-    found: dict[tuple[str, str], int] = {}
-    postgres = conn.dialect.name == "postgresql"
     before = marks[0].position  # later rows are in `marks` (or after them)
-    for source, id_set in wanted.items():
-        ids = sorted(id_set)
-        for i in range(0, len(ids), LOOKUP_CHUNK):
-            part = ids[i : i + LOOKUP_CHUNK]
-            rows: Iterable[Sequence[Any]]
-            if postgres:
-                rows = _unprepared(conn, _FIRST_PG, (part, source, before))
-            else:
-                rows = conn.exec_driver_sql(_first_sqlite(len(part)), (before, source, *part))
-            found.update(((source, event_id), first) for event_id, first in rows)
-    return found
-
-
-def _unprepared(conn: Connection, sql: str, params: tuple) -> list[tuple]:
-    """PostgreSQL: planned for these values each time (psycopg prepares a statement
-    run five times, and a generic plan can pick a range scan for any value)."""
-    with pg_driver(conn).cursor() as cursor:
-        cursor.execute(sql, params, prepare=False)
-        return cursor.fetchall()
-
-
-# Only the rows before the chunk: a first delivery answers nothing, so little comes back.
-_FIRST = (
-    "SELECT event_id, min(position) FROM events WHERE position < {0} AND source = {0} AND event_id "
-)
-# PostgreSQL: one probe of the (source, event_id) index per id. With `= ANY(...)` the
-# planner, misled by stale statistics (a log just imported or grown), walked the
-# (source, position) index over every earlier row instead: 20-120 ms a lookup.
-_FIRST_PG = (
-    "SELECT i.id, f.first FROM unnest(%s::text[]) AS i(id) CROSS JOIN LATERAL "
-    "(SELECT min(e.position) AS first FROM events e "
-    "WHERE e.source = %s AND e.event_id = i.id AND e.position < %s) AS f "
-    "WHERE f.first IS NOT NULL"
-)
-
-
-@functools.cache
-def _first_sqlite(ids: int) -> str:
-    return _FIRST.format("?") + f"IN ({', '.join(['?'] * ids)}) GROUP BY event_id"
+    found = recorder_for(conn).first_ids_before(conn, before, wanted)
+    return {(source, event_id): first for source, event_id, first in found}
 
 
 def _targets(conn: Connection, marks: Sequence[Mark]) -> dict[int, Mark]:
@@ -183,23 +137,4 @@ def _targets(conn: Connection, marks: Sequence[Mark]) -> dict[int, Mark]:
             and m.duplicate_of not in inside
         }
     )
-    found: dict[int, Mark] = {}
-    postgres = conn.dialect.name == "postgresql"
-    for i in range(0, len(wanted), LOOKUP_CHUNK):
-        part = wanted[i : i + LOOKUP_CHUNK]
-        rows: Iterable[Sequence[Any]]
-        if postgres:
-            rows = _unprepared(conn, _TARGETS_PG, (part,))
-        else:
-            rows = conn.exec_driver_sql(_targets_sqlite(len(part)), tuple(part))
-        found.update((row[0], Mark._make(row)) for row in rows)
-    return found
-
-
-_TARGETS = f"SELECT {', '.join(_MARK_COLUMNS)} FROM events WHERE position "
-_TARGETS_PG = _TARGETS + "= ANY(%s)"
-
-
-@functools.cache
-def _targets_sqlite(positions: int) -> str:
-    return _TARGETS + f"IN ({', '.join(['?'] * positions)})"
+    return {row[0]: Mark._make(row) for row in recorder_for(conn).mark_rows(conn, wanted)}

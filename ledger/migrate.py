@@ -12,7 +12,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 import migrations
-from ledger.db import translated, writer
+from ledger.recorder import translated, writer
 
 
 def alembic_config(engine: Engine) -> AlembicConfig:

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Row, func, select, text
 
-from ledger.schema import rejection_counts, rejection_usage, rejections
+from ledger.recorder import Rejection, recorder_for
+from ledger.recorder.schema import rejection_counts, rejection_usage, rejections
 from ledger.signatures.scheme import (
     BAD_SIGNATURE,
     FUTURE_TIMESTAMP,
     MISSING_SIGNATURE,
     STALE_TIMESTAMP,
 )
-from ledger.store import Rejection
 
 SOURCE_NOT_CONFIGURED = "source_not_configured"  # the source's secret variable is unset
 # Every reason a rejection is stored with: the verifiers' refusals, and the one above.
@@ -51,9 +51,7 @@ def stored_size(r: Rejection) -> int:
 def lock_usage(conn: Connection) -> Usage:
     """The running totals, locked for this transaction (SQLite: by BEGIN IMMEDIATE)."""
     sql = "SELECT bytes, rows, evicted FROM rejection_usage WHERE id = 1"
-    if conn.dialect.name == "postgresql":
-        sql += " FOR UPDATE"
-    found = conn.exec_driver_sql(sql).first()
+    found = conn.exec_driver_sql(sql + recorder_for(conn).for_update).first()
     return Usage(*found) if found else Usage(0, 0, 0)
 
 

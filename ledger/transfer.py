@@ -6,20 +6,19 @@ import base64
 import binascii
 import hashlib
 from collections.abc import Callable, Iterable, Iterator
+from types import SimpleNamespace
 from typing import IO, Any
 
 import orjson
-from sqlalchemy import Connection, Engine, update
+from sqlalchemy import Connection, Engine
 
-from ledger import body_firsts, chain
-from ledger.db import translated, writer
+from ledger import chain
 from ledger.errors import ImportRefused
 from ledger.marks import Mark, first_bad_mark
-from ledger.schema import events, ledger_head
-from ledger.store import add_source_counts, iter_events, read_head
+from ledger.recorder import EVENT_COLUMNS, iter_events, read_head, recorder_for, translated, writer
 from ledger.timefmt import iso_from_us
 
-COLUMNS = [str(c.name) for c in events.c if c.name != "body"]
+COLUMNS = [name for name in EVENT_COLUMNS if name != "body"]
 REQUIRED = [
     "position",
     "source",
@@ -78,16 +77,7 @@ def _check(number: int, row: dict[str, Any], previous: bytes, expected: int) -> 
     if row["body"] is not None and hashlib.sha256(row["body"]).hexdigest() != row["body_sha256"]:
         raise ImportRefused(f"line {number} (position {expected}): body does not match its digest")
     try:
-        record = chain.record(
-            row["position"],
-            row["received_at_us"],
-            row["source"],
-            row["event_id"],
-            row["event_type"],
-            row["query"],
-            row["headers"],
-            bytes.fromhex(row["body_sha256"]),
-        )
+        record = chain.record_of(row["position"], SimpleNamespace(**row))
     except (TypeError, ValueError, AttributeError, OverflowError) as e:
         raise ImportRefused(f"line {number} (position {expected}): malformed field: {e}") from None
     link = chain.link(previous, record)
@@ -132,14 +122,7 @@ def import_lines(
                 _insert(conn, batch, numbers, tick)
         if batch:
             _insert(conn, batch, numbers, tick)
-        add_source_counts(conn, counts)
-        if count:
-            conn.execute(
-                update(ledger_head)
-                .where(ledger_head.c.id == 1)
-                .values(position=count, hash=previous.hex())
-            )
-            body_firsts.catch_up(conn)
+        recorder_for(conn).finish_load(conn, count, previous.hex(), counts)
     return count
 
 
@@ -159,7 +142,7 @@ def _insert(
 ) -> None:
     """Check a chunk's marks against the rows before it, then insert it."""
     _check_marks(conn, batch, numbers)
-    conn.execute(events.insert(), batch)
+    recorder_for(conn).load_rows(conn, batch)
     if tick is not None:
         tick(len(batch))
     batch.clear()

@@ -27,11 +27,10 @@ import orjson
 from sqlalchemy import Connection, Engine, Row, insert, select, update
 from sqlalchemy import exc as sa_exc
 
-from ledger.db import translated, writer
 from ledger.errors import HookledgerError
 from ledger.integrity import VerifyResult, verify_ledger
-from ledger.schema import verifications as jobs
-from ledger.store import read_head
+from ledger.recorder import read_head, translated, writer
+from ledger.recorder.schema import verifications as jobs
 from ledger.timefmt import iso_from_us
 
 log = logging.getLogger("hookledger.verify")

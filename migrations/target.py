@@ -14,7 +14,7 @@ import re
 from alembic.environment import NameFilterParentNames, NameFilterType
 from sqlalchemy import MetaData
 
-from ledger.schema import metadata as ledger_metadata
+from ledger.recorder.schema import metadata as ledger_metadata
 from projections.schema import metadata as projection_metadata
 
 TARGET: list[MetaData] = [ledger_metadata, projection_metadata]

@@ -11,7 +11,6 @@ import functools
 import gc
 import hashlib
 import operator
-import sqlite3
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -33,12 +32,12 @@ from sqlalchemy import (
     func,
     select,
 )
-from sqlalchemy.dialects.postgresql.base import RESERVED_WORDS as PG_RESERVED
-from sqlalchemy.dialects.sqlite.base import SQLiteIdentifierPreparer
 
 from ledger.config import Config
 from ledger.errors import ConfigError
-from ledger.schema import own_names
+from ledger.recorder import recorder_for
+from ledger.recorder.portable import is_sql_keyword
+from ledger.recorder.schema import own_names
 from projections.declarative import KEPT, Definition, HandlerError, RowState, fold, keys_of
 from projections.indexes import add_sort_indexes
 from projections.model import Event
@@ -274,7 +273,7 @@ def _columns_getter(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[
 
 
 def _sql(conn: Connection, table: Table, defn: Definition) -> RowSql:
-    return row_sql(conn.dialect.name, conn.dialect.paramstyle, table.name, defn)
+    return row_sql(recorder_for(conn), table.name, defn)
 
 
 class PythonAdapter(Adapter):
@@ -335,18 +334,6 @@ class PythonAdapter(Adapter):
 
 def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
-
-
-def is_sql_keyword(name: str) -> bool:
-    """Would SQLite or PostgreSQL read this name as a keyword rather than a table?"""
-    if name in PG_RESERVED or name in SQLiteIdentifierPreparer.reserved_words:
-        return True
-    with contextlib.closing(sqlite3.connect(":memory:")) as probe:  # SQLite's own parser
-        try:
-            probe.execute(f"CREATE TABLE {name} (x INTEGER)")
-        except sqlite3.OperationalError:
-            return True
-    return False
 
 
 def load_adapters(config: Config) -> dict[str, Adapter]:

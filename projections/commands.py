@@ -33,7 +33,7 @@ def _projectors(config: Config, only: list[str] | None = None) -> dict[str, Adap
 
 
 def cmd_project(args: argparse.Namespace, config: Config) -> int:
-    from projections.signals import PgListener
+    from ledger.recorder import recorder_for
     from projections.worker import Worker
 
     projectors = _projectors(config, args.only)
@@ -41,7 +41,7 @@ def cmd_project(args: argparse.Namespace, config: Config) -> int:
         raise ConfigError(f"{config.path or '<defaults>'}: no [projections.*] are configured")
     engine = open_engine(config)
     worker = Worker(engine, projectors, idle_poll=0.25)
-    listener = PgListener(engine, worker.wake) if engine.dialect.name == "postgresql" else None
+    listener = recorder_for(engine).listener(engine, worker.wake)
     stopping = threading.Event()
 
     def on_signal(signum, _frame) -> None:
@@ -118,7 +118,7 @@ def _rebuild_cell(rebuild: dict | None) -> str:
 
 
 def cmd_rebuild(args: argparse.Namespace, config: Config) -> int:
-    from ledger.db import translated
+    from ledger.recorder import translated
     from projections import versions
 
     projector = _projectors(config, [args.name])[args.name]
@@ -136,8 +136,7 @@ def _follow(engine, projector: Adapter, version: int) -> int:
     """Work the rebuild here when no other worker holds the lease; show progress until swap."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from ledger.db import translated
-    from ledger.store import read_head
+    from ledger.recorder import read_head, translated
     from projections import leases, versions
     from projections.worker import Worker
 
@@ -194,7 +193,7 @@ def _diff(row) -> str:
 
 
 def cmd_retry(args: argparse.Namespace, config: Config) -> int:
-    from ledger.db import translated
+    from ledger.recorder import translated
     from projections import failures
 
     projector = _projectors(config, [args.name])[args.name]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import Connection, Engine, Row, update
 
-from ledger.db import writer
+from ledger.recorder import writer
 from projections.schema import projection_errors
 from projections.versions import ACTIVE, V, now_us
 

@@ -10,32 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import Column, Index, Table
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.expression import ColumnElement
+from sqlalchemy import Index, Table
 
-
-class NullsFirst(ColumnElement):
-    """A column ascending with NULLs first, in an index.
-
-    SQLite sorts NULLs first already (and refuses `NULLS FIRST` in an index);
-    PostgreSQL's default puts them last, which the rows API's order would not use."""
-
-    inherit_cache = True
-
-    def __init__(self, column: Column) -> None:
-        self.column = column
-        self.type = column.type
-
-
-@compiles(NullsFirst)
-def _nulls_first(element: NullsFirst, compiler, **kw) -> str:
-    return compiler.process(element.column, **kw)
-
-
-@compiles(NullsFirst, "postgresql")
-def _nulls_first_postgresql(element: NullsFirst, compiler, **kw) -> str:
-    return compiler.process(element.column, **kw) + " NULLS FIRST"
+from ledger.recorder.portable import NullsFirst
 
 
 def add_sort_indexes(table: Table, key_columns: Sequence[str], columns: Sequence[str]) -> Table:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import Engine, select, update
 from sqlalchemy import exc as sa_exc
 
-from ledger.db import writer
+from ledger.recorder import writer
 from projections.schema import projection_leases
 from projections.versions import now_us
 

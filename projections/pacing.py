@@ -40,10 +40,11 @@ class Pacer:
         elif count >= self.size:
             self.size = min(self.maximum, self.size * 2)
 
-    def breathe(self, dialect: str) -> None:
-        """On SQLite, leave the write lock free for a while after a long transaction, so
-        writers polling for it (its busy handler sleeps up to 100 ms) get their turn."""
-        if dialect == "sqlite" and self.last_hold_s > self.target_s / 4:
+    def breathe(self, single_writer: bool) -> None:
+        """Where one writer holds the whole database (SQLite), leave the write lock free
+        for a while after a long transaction, so writers polling for it (SQLite's busy
+        handler sleeps up to 100 ms) get their turn."""
+        if single_writer and self.last_hold_s > self.target_s / 4:
             time.sleep(self.last_hold_s * BREATH_RATIO)
 
 

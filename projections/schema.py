@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, Table, Text, text
 
-from ledger.schema import NAMING, OWN_METADATA, RowId
+from ledger.recorder.schema import NAMING, OWN_METADATA, RowId
 
 metadata = MetaData(naming_convention=NAMING)
 OWN_METADATA.append(metadata)

@@ -7,8 +7,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, Row, func, select
 
-from ledger.db import translated
-from ledger.store import read_head
+from ledger.recorder import read_head, translated
 from ledger.timefmt import iso_from_us
 from projections import versions
 from projections.adapters import Adapter

@@ -29,7 +29,7 @@ from sqlalchemy import (
     update,
 )
 
-from ledger.db import writer
+from ledger.recorder import recorder_for, writer
 from projections.pacing import Pacer, Stopwatch
 from projections.versions import V, advance, now_us
 
@@ -47,8 +47,9 @@ def snapshot(engine: Engine) -> Iterator[Connection]:
     The first statement pins it (SQLite: a WAL read mark; PostgreSQL: REPEATABLE
     READ). It takes no write lock: writers keep committing meanwhile."""
     with engine.connect() as conn:
-        if conn.dialect.name != "sqlite":
-            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        isolation = recorder_for(conn).snapshot_isolation
+        if isolation is not None:
+            conn = conn.execution_options(isolation_level=isolation)
         with conn.begin():
             conn.execute(select(func.count()).select_from(V))  # pins the snapshot
             yield conn
@@ -172,12 +173,7 @@ def drop_step(engine: Engine, row: Row, pacer: Pacer) -> bool:
     with writer(engine.connect()) as conn:
         table = _quote(conn, row.table_name)
         with Stopwatch() as watch, conn.begin():
-            deleted = 0
-            if conn.dialect.name == "sqlite" and _exists(conn, row.table_name):
-                deleted = conn.exec_driver_sql(
-                    f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} LIMIT ?)",
-                    (pacer.size,),
-                ).rowcount
+            deleted = recorder_for(conn).delete_some(conn, row.table_name, table, pacer.size)
             if not deleted:
                 conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
                 conn.execute(
@@ -187,13 +183,6 @@ def drop_step(engine: Engine, row: Row, pacer: Pacer) -> bool:
                 )
         pacer.record(deleted, watch.seconds)
     return not deleted
-
-
-def _exists(conn: Connection, table_name: str) -> bool:
-    found = conn.exec_driver_sql(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table_name,)
-    ).first()
-    return found is not None
 
 
 def drop_pacer() -> Pacer:

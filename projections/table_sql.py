@@ -1,6 +1,6 @@
 """The driver-level SQL of a declarative projection's table: load the guard, upsert, COPY.
 
-Plain statement text per dialect, built once per (table, definition) and cached,
+Plain statement text per backend, built once per (table, definition) and cached,
 so a batch's reads and writes skip SQLAlchemy's per-statement work."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ledger.recorder import Recorder
 from projections.declarative import Definition
 
 KEY_CHUNK = 500  # SQLite: keys per guard SELECT (a VALUES list joined on the primary key)
@@ -42,16 +43,16 @@ class RowSql:
 
 
 @functools.lru_cache(maxsize=256)
-def row_sql(dialect: str, paramstyle: str, table_name: str, defn: Definition) -> RowSql:
+def row_sql(backend: Recorder, table_name: str, defn: Definition) -> RowSql:
     q = quote_identifier
-    mark = "?" if paramstyle == "qmark" else "%s"
+    mark = backend.mark
     keys = [q(k) for k in defn.key_columns]
     values = [q(c) for c in defn.column_names] + ['"data"', '"version"', '"position"', '"deleted"']
     t = q(table_name)
-    json_mark = mark if dialect == "sqlite" else f"CAST({mark} AS JSON)"
+    json_mark = backend.json_mark
     marks = [mark] * (len(keys) + len(defn.column_names)) + [json_mark, mark, mark, mark]
     key_row = "(" + ", ".join([mark] * len(keys)) + ")"
-    arrays = dialect == "postgresql"
+    arrays = backend.arrays
     # SQLite: a VALUES list joined on the primary key (a row-value IN would scan).
     # PostgreSQL: unnest of one array per key column, whatever the number of keys.
     keys_source = (
@@ -66,7 +67,7 @@ def row_sql(dialect: str, paramstyle: str, table_name: str, defn: Definition) ->
         f"{v} = excluded.{v}" for v in values
     )
     return RowSql(
-        staged=dialect == "postgresql",
+        staged=backend.copies,
         stage=f"CREATE TEMPORARY TABLE {staging} (LIKE {t}) ON COMMIT DROP",
         copy=f"COPY {staging} ({columns}) FROM STDIN",
         merge=(f"INSERT INTO {t} ({columns}) SELECT {columns} FROM {staging} {on_conflict}"),

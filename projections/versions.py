@@ -15,11 +15,9 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Row, func, select, update
 from sqlalchemy import exc as sa_exc
 
-from ledger.db import writer
 from ledger.erase import recorded_ranges
 from ledger.errors import HookledgerError
-from ledger.schema import events
-from ledger.store import read_head
+from ledger.recorder import Erasable, read_head, recorder_for, writer
 from projections.adapters import Adapter
 from projections.schema import projection_versions
 
@@ -74,18 +72,15 @@ def erased_inputs(conn: Connection, projector: Adapter) -> tuple[int, int | None
     ranges = recorded_ranges(conn)
     if not ranges:
         return 0, None, None
-    c = events.c
-    query = select(func.count(), func.min(c.position), func.max(c.position)).where(
-        c.position.between(min(a for a, _ in ranges), max(b for _, b in ranges)),
-        c.body.is_(None),
-        c.duplicate_of.is_(None),
+    erased = Erasable(
+        source=projector.source,
+        types=None if projector.types is None else tuple(projector.types),
+        start=min(a for a, _ in ranges),
+        stop=max(b for _, b in ranges),
+        present=False,
+        originals=True,
     )
-    if projector.source is not None:
-        query = query.where(c.source == projector.source)
-    if projector.types is not None:
-        query = query.where(c.event_type.in_(projector.types))
-    count, first, last = conn.execute(query).one()
-    return count, first, last
+    return recorder_for(conn).erased_summary(conn, erased)
 
 
 def create_version(conn: Connection, projector: Adapter, reason: str) -> Row:

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, Row
 
-from ledger.db import _first_line, is_unavailable, translated, writer
 from ledger.errors import HookledgerError, StatementFailed
-from ledger.store import read_head
+from ledger.recorder import is_unavailable, read_head, recorder_for, translated, writer
+from ledger.recorder.failures import first_line
 from projections import failures, leases, swap, versions
 from projections.adapters import Adapter, gc_paused
 from projections.model import Event
@@ -59,31 +59,10 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-def read_events(conn, projector: Adapter, after: int, upto: int) -> list[Event]:
-    """The events a projector may want in (after, upto], in position order.
-
-    Read with a driver cursor: a rebuild reads millions of rows, and building
-    SQLAlchemy rows for them cost more than the fold itself."""
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    sql = (
-        "SELECT position, source, event_id, event_type, received_at_us, body, duplicate_of "
-        f"FROM events WHERE position > {mark} AND position <= {mark}"
-    )
-    params: list = [after, upto]
-    if projector.source is not None:
-        sql += f" AND source = {mark}"
-        params.append(projector.source)
-    if projector.types is not None:
-        if not projector.types:
-            return []  # wants no type at all (and PostgreSQL refuses `IN ()`)
-        sql += f" AND event_type IN ({', '.join([mark] * len(projector.types))})"
-        params.extend(projector.types)
-    cursor = conn.connection.cursor()
-    try:
-        cursor.execute(sql + " ORDER BY position", params)
-        return list(itertools.starmap(Event, cursor.fetchall()))
-    finally:
-        cursor.close()
+def read_events(conn: Connection, projector: Adapter, after: int, upto: int) -> list[Event]:
+    """The events a projector may want in (after, upto], in position order."""
+    rows = recorder_for(conn).fold_rows(conn, after, upto, projector.source, projector.types)
+    return list(itertools.starmap(Event, rows))
 
 
 class Worker:
@@ -254,7 +233,7 @@ class Worker:
         except Exception as e:
             if is_unavailable(e):
                 raise
-            message = f"{type(getattr(e, 'orig', None) or e).__name__}: {_first_line(e)}"
+            message = f"{type(getattr(e, 'orig', None) or e).__name__}: {first_line(e)}"
             log.exception("%s v%d failed: %s", row.name, row.version, message)
             with translated(), writer(self.engine.connect()) as conn, conn.begin():
                 failures.fail(conn, row, message, traceback.format_exc())
@@ -281,7 +260,7 @@ class Worker:
         pacer.record(upto - start, watch.seconds)
         self.longest_hold_s = max(self.longest_hold_s, watch.seconds)
         self._applied()
-        pacer.breathe(self.engine.dialect.name)
+        pacer.breathe(recorder_for(self.engine).single_writer)
         return True
 
     def _apply(
@@ -394,7 +373,7 @@ class Worker:
         self.longest_hold_s = max(self.longest_hold_s, pacer.last_hold_s)
         if done:
             log.info("%s: dropped the table of version %d", row.name, row.version)
-        pacer.breathe(self.engine.dialect.name)
+        pacer.breathe(recorder_for(self.engine).single_writer)
         return True
 
     def _applied(self) -> None:

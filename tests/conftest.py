@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 
 from ledger import migrate
 from ledger.config import Config, load_config
-from ledger.db import make_engine
+from ledger.recorder import make_engine
 from tests.pg import ThrowawayPostgres, free_port
 
 ROOT = Path(__file__).resolve().parent.parent

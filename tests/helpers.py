@@ -7,8 +7,7 @@ import itertools
 
 from sqlalchemy import Engine
 
-from ledger.db import writer
-from ledger.store import Appended, NewEvent, append_batch
+from ledger.recorder import Appended, NewEvent, append_batch, writer
 
 _clock = itertools.count(1_700_000_000_000_000, 1000)
 
@@ -44,8 +43,7 @@ def append(engine: Engine, events: list[NewEvent]) -> list[Appended]:
 
 def stored_bodies(url: str) -> list[bytes | None]:
     """Every body in the log at `url`, in position order (opens and closes its own engine)."""
-    from ledger.db import make_engine
-    from ledger.store import iter_events
+    from ledger.recorder import iter_events, make_engine
 
     engine = make_engine(url)
     try:

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from starlette.testclient import TestClient
 
 from api.app import ROUTES, create_app
-from ledger.db import make_engine
+from ledger.recorder import make_engine
 from tests.conftest import config_from
 from tests.helpers import assert_error
 

@@ -8,8 +8,7 @@ import subprocess
 import sys
 
 from ledger import migrate
-from ledger.db import make_engine
-from ledger.store import iter_events, read_head
+from ledger.recorder import iter_events, make_engine, read_head
 from tests.helpers import append, new_event
 
 EVENTS = 3000

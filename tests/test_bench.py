@@ -16,7 +16,7 @@ from bench.harness import SECRET, SIGNATURE_HEADER, make_body, parse_wrk, sign
 from bench.ingest import CONFIG
 from bench.profile import parse_raw_profile
 from ledger.config import load_config
-from ledger.db import make_engine
+from ledger.recorder import make_engine
 from ledger.signatures.registry import SCHEMES
 from ledger.signatures.scheme import Delivery
 
@@ -109,8 +109,7 @@ def test_the_rebuild_ceiling_writes_what_the_hand_loop_writes(db_url, monkeypatc
 
 def test_the_appender_benchmark_appends_what_it_measures(tmp_path):
     from bench.appender import measure
-    from ledger.db import make_engine
-    from ledger.store import iter_events
+    from ledger.recorder import iter_events, make_engine
 
     url = f"sqlite:///{tmp_path / 'appender.db'}"
     cpu, wall = measure(url, prefill=512, count=56, batch=28, dedup_body=True)

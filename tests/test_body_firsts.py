@@ -1,4 +1,4 @@
-"""The body-duplicate lookup split by position (`ledger.body_firsts`), on both backends:
+"""The body-duplicate lookup split by position (`ledger.recorder.body_firsts`), on both backends:
 the table and the watermark it merges to, this process's recent digests, and every
 writer that moves them (appends, rollbacks, other engines, import, the migration)."""
 
@@ -11,11 +11,10 @@ import time
 import pytest
 from sqlalchemy import Engine, func, select
 
-from ledger import body_firsts, migrate
-from ledger.db import make_engine, writer
-from ledger.schema import body_firsts as body_firsts_table
-from ledger.schema import ledger_head
-from ledger.store import append_batch
+from ledger import migrate
+from ledger.recorder import append_batch, body_firsts, make_engine, writer
+from ledger.recorder.schema import body_firsts as body_firsts_table
+from ledger.recorder.schema import ledger_head
 from tests.helpers import append, new_event
 
 

@@ -18,9 +18,8 @@ from sqlalchemy import Engine, select, text
 from api.cli import main
 from ledger import migrate
 from ledger.chain import canonical_headers
-from ledger.db import make_engine, writer
-from ledger.schema import events, ledger_head
-from ledger.store import NewEvent, append_batch
+from ledger.recorder import NewEvent, append_batch, make_engine, writer
+from ledger.recorder.schema import events, ledger_head
 from tests.pg import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -27,8 +27,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from ledger import migrate
-from ledger.db import make_engine, writer
-from ledger.store import NewEvent, append_batch
+from ledger.recorder import NewEvent, append_batch, make_engine, writer
 from tests.pg import free_port
 from tests.projection_support import entities_projection
 

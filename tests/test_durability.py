@@ -9,9 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from ledger.db import make_engine, writer
 from ledger.integrity import verify_ledger
-from ledger.store import append_batch, get_event, iter_events
+from ledger.recorder import append_batch, get_event, iter_events, make_engine, writer
 from tests.helpers import new_event
 
 CONFIG = """

@@ -13,8 +13,8 @@ from sqlalchemy.exc import DBAPIError
 
 from ledger.erase import Criteria, erase, plan
 from ledger.integrity import verify_ledger
-from ledger.schema import erasures
-from ledger.store import get_event, iter_events
+from ledger.recorder import get_event, iter_events
+from ledger.recorder.schema import erasures
 from ledger.transfer import export_lines, import_lines
 from projections import versions
 from projections.worker import Worker
@@ -66,7 +66,7 @@ def test_only_erasing_is_allowed_not_rewriting(engine):
 
 def test_an_export_with_erased_bodies_imports_and_verifies(engine, tmp_path):
     from ledger import migrate
-    from ledger.db import make_engine
+    from ledger.recorder import make_engine
 
     append(engine, [new_event(b"keep"), new_event(b"forget"), new_event(b"keep too")])
     erase(engine, Criteria(start=2, stop=2), actor="ops")
@@ -120,7 +120,7 @@ def test_erase_cli_needs_confirmation_and_criteria(tmp_path, db_url):
     config = tmp_path / "hookledger.toml"
     config.write_text(f'database_url = "{db_url}"\n')
     from ledger import migrate
-    from ledger.db import make_engine
+    from ledger.recorder import make_engine
 
     engine = make_engine(db_url)
     migrate.upgrade(engine)

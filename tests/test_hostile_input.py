@@ -35,7 +35,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger.integrity import verify_ledger
-from ledger.store import iter_events
+from ledger.recorder import iter_events
 from tests.helpers import ERROR_KEYS, assert_error
 from tests.pg import free_port
 
@@ -279,7 +279,7 @@ def test_one_unstorable_item_does_not_fail_its_group_commit_batch(pg_url):
 
     from ledger import migrate
     from ledger.appender import Appender
-    from ledger.db import make_engine
+    from ledger.recorder import make_engine
     from tests.helpers import new_event
 
     engine = make_engine(pg_url)

@@ -10,11 +10,10 @@ import pytest
 from sqlalchemy import Engine, select, text
 
 from ledger import integrity, marks, migrate, transfer
-from ledger.db import make_engine
 from ledger.errors import ImportRefused
 from ledger.integrity import verify_ledger
-from ledger.schema import events
-from ledger.store import read_head
+from ledger.recorder import make_engine, read_head
+from ledger.recorder.schema import events
 from ledger.transfer import export_lines, import_lines
 from tests.helpers import append, new_event
 

@@ -1,6 +1,7 @@
 """The shape of the code: dependencies point api -> projections -> ledger, no module
-imports itself back (imports inside functions count too), and the CLI's parser
-loads none of the engine (so `hookledger --help` answers at once)."""
+imports itself back (imports inside functions count too), the CLI's parser loads
+none of the engine (so `hookledger --help` answers at once), and only the recorder
+(`ledger.recorder`) names a backend or reaches the log table."""
 
 from __future__ import annotations
 
@@ -45,10 +46,8 @@ GRAPH = {m: _imports(m) for m in MODULES}
 
 
 def test_the_graph_is_read_from_every_module():
-    assert {"ledger.store", "projections.worker", "api.app", "api.cli"} <= GRAPH.keys()
-    assert (
-        "ledger.store" in GRAPH["projections.worker"] or "ledger.db" in GRAPH["projections.worker"]
-    )
+    assert {"ledger.recorder", "projections.worker", "api.app", "api.cli"} <= GRAPH.keys()
+    assert "ledger.recorder" in GRAPH["projections.worker"]
 
 
 def test_dependencies_point_one_way():
@@ -102,3 +101,51 @@ def test_the_cli_parser_loads_none_of_the_engine():
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert done.stdout.split() == []
+
+
+# Where each backend's differences may be spelled out: the recorder, and the config's
+# check of a URL's scheme (it runs before any database code is imported).
+BACKEND_MODULES = ("ledger.recorder", "ledger.config")
+DRIVERS = ("sqlite3", "psycopg", "sqlalchemy.dialects")
+BACKEND_NAMES = {"sqlite", "postgresql", "postgres"}
+LOG_TABLE_SQL = ("FROM events", "INTO events", "UPDATE events", "JOIN events")
+
+
+def _backend_words(module: str) -> list[str]:
+    """What in `module` names a backend or reaches the log table around the recorder."""
+    found = []
+    for node in ast.walk(ast.parse(MODULES[module].read_text())):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.startswith(DRIVERS)]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.module.startswith(DRIVERS):
+                found.append(node.module)
+            if node.module == "ledger.recorder.schema" and "events" in [a.name for a in node.names]:
+                found.append("import of the events table")
+        elif isinstance(node, ast.Attribute) and node.attr in ("paramstyle",):
+            found.append(node.attr)
+        elif (
+            isinstance(node, ast.Attribute)
+            and node.attr == "name"
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "dialect"
+        ):
+            found.append("dialect.name")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            found += [repr(node.value)] if node.value in BACKEND_NAMES else []
+            found += [f"SQL {s!r}" for s in LOG_TABLE_SQL if s in node.value]
+    return found
+
+
+def test_no_module_outside_the_recorder_names_a_backend_or_reads_the_log_around_it():
+    outside = [m for m in MODULES if not m.startswith(BACKEND_MODULES)]
+    assert "projections.worker" in outside and "api.console.event_log" in outside
+    found = {m: words for m in outside if (words := _backend_words(m))}
+    assert found == {}
+
+
+def test_the_backend_check_sees_what_it_forbids():
+    assert "psycopg" in _backend_words("ledger.recorder.postgres")
+    assert "dialect.name" in _backend_words("ledger.recorder")
+    assert "import of the events table" in _backend_words("ledger.recorder.base")
+    assert "SQL 'FROM events'" in _backend_words("ledger.recorder.postgres")

@@ -235,7 +235,7 @@ def test_status_cli_says_when_the_workers_run_older_code(tmp_path):
     db = tmp_path / "ledger.db"
     config.write_text(f'database_url = "sqlite:///{db}"\n' + SOURCE + python_projection(module))
     assert hookledger("migrate", "--config", str(config), cwd=tmp_path).returncode == 0
-    from ledger.db import make_engine
+    from ledger.recorder import make_engine
 
     engine = make_engine(f"sqlite:///{db}")
     try:

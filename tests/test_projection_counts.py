@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Engine, event, text
 
 from ledger import migrate
-from ledger.db import make_engine, writer
+from ledger.recorder import make_engine, writer
 from projections import versions
 from projections.status import status
 from projections.worker import Worker, wait_until

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from ledger.integrity import verify_ledger
-from ledger.store import read_head
+from ledger.recorder import read_head
 from projections import versions
 from projections.declarative import RowState, fold
 from projections.worker import Worker, read_events

@@ -21,8 +21,7 @@ import pytest
 from sqlalchemy import Engine, func, select, text
 
 from ledger import migrate
-from ledger.db import make_engine
-from ledger.store import read_head
+from ledger.recorder import make_engine, read_head
 from projections import versions
 from projections.schema import projection_errors, projection_leases
 from projections.worker import LEASE_TTL_S, wait_until

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from ledger import migrate
-from ledger.db import make_engine
+from ledger.recorder import make_engine
 from projections import failures, leases, versions
 from projections.adapters import DeclarativeAdapter
 from projections.reads import live_view, select_rows

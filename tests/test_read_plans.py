@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Connection, Engine, event
 
 from api.console.event_log import MINUTE_US, minute_counts
-from ledger.db import writer
+from ledger.recorder import writer
 from projections import versions
 from projections.reads import live_view, select_rows
 from projections.worker import Worker

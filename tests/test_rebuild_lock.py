@@ -9,7 +9,7 @@ import time
 import orjson
 
 from ledger import migrate
-from ledger.db import make_engine
+from ledger.recorder import make_engine
 from projections import leases, versions
 from projections.worker import Worker, WorkerThread
 from tests.helpers import append, new_event

@@ -14,9 +14,8 @@ import time
 import httpx
 from sqlalchemy import text
 
-from ledger.db import make_engine
+from ledger.recorder import Rejection, make_engine
 from ledger.rejection_lane import RejectionLane
-from ledger.store import Rejection
 from tests.test_cli import run_cli
 
 BOUND = 200_000

@@ -6,9 +6,8 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from ledger import erase, migrate
-from ledger.db import make_engine
-from ledger.schema import events
-from ledger.store import read_source_counts
+from ledger.recorder import make_engine, read_source_counts
+from ledger.recorder.schema import events
 from ledger.transfer import export_lines, import_lines
 from tests.helpers import append, new_event
 

@@ -17,8 +17,8 @@ from starlette.testclient import TestClient
 
 from api.app import ROUTES
 from api.errors import HANDLERS
-from ledger.db import make_engine, storage_error, translated
 from ledger.errors import ConfigError, NotMigrated, StatementFailed, StorageUnavailable
+from ledger.recorder import make_engine, storage_error, translated
 from projections.adapters import load_adapters
 from tests.conftest import config_from
 from tests.projection_support import entities_projection, entities_toml

@@ -9,9 +9,9 @@ import psycopg
 import pytest
 from sqlalchemy import event
 
-from ledger.db import make_engine, translated
 from ledger.errors import NotMigrated, StorageUnavailable
 from ledger.integrity import verify_ledger
+from ledger.recorder import make_engine, translated
 from tests.helpers import stored_bodies
 
 CONFIG = """

@@ -14,8 +14,8 @@ import httpx
 from sqlalchemy import func, insert, select
 
 from ledger import migrate, verify_job
-from ledger.db import make_engine
-from ledger.schema import verifications
+from ledger.recorder import make_engine
+from ledger.recorder.schema import verifications
 from projections.worker import wait_until
 from tests.conftest import ROOT
 from tests.helpers import append, new_event

@@ -18,7 +18,7 @@ from api.console.session import checked_form, require
 from api.console.templating import SECURITY_HEADERS, redirect, render
 from api.services import services_of, with_connection
 from ledger import verify_job
-from ledger.store import read_head
+from ledger.recorder import read_head
 
 
 def snapshot(job: verify_job.Job | None) -> dict[str, Any]:

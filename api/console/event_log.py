@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Integer, func, literal_column, select
+from sqlalchemy import Connection
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -16,8 +16,7 @@ from api.console import chain, log_filter
 from api.console.session import ConsoleError, require
 from api.console.templating import ENV, SECURITY_HEADERS, base, render
 from api.services import services_of, with_connection
-from ledger.schema import events
-from ledger.store import read_head
+from ledger.recorder import read_head, recorder_for
 from ledger.timefmt import iso_from_us
 
 TAIL_ROWS = 200
@@ -51,21 +50,9 @@ class Chart:
 def minute_counts(conn: Connection, now_us: int) -> tuple[int, dict[str, dict[int, int]]]:
     """(first minute, {source: {minute offset 0..1439: deliveries}})."""
     first = now_us // MINUTE_US - (MINUTES - 1)
-    minute = (events.c.received_at_us // literal_column(str(MINUTE_US), Integer)).label("minute")
-    # Bounded on both sides and grouped minute first: so both planners take the
-    # received_at_us index and read only the window (grouped source first, SQLite
-    # walked the (source, position) index over every event to skip a sort).
-    query = (
-        select(events.c.source, minute, func.count())
-        .where(
-            events.c.received_at_us >= first * MINUTE_US,
-            events.c.received_at_us < (first + MINUTES) * MINUTE_US,
-        )
-        .group_by(minute, events.c.source)
-    )
     out: dict[str, dict[int, int]] = {}
-    for source, at, count in conn.execute(query):
-        offset = int(at) - first
+    for source, at, count in recorder_for(conn).minute_counts(conn, first, MINUTES):
+        offset = at - first
         if 0 <= offset < MINUTES:
             out.setdefault(source, {})[offset] = count
     return first, out

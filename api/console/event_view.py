@@ -17,7 +17,7 @@ from api.console import log_filter
 from api.console.session import ConsoleError, require
 from api.console.templating import SECURITY_HEADERS, render
 from api.services import services_of, with_connection
-from ledger import store
+from ledger import recorder
 from projections import versions
 from projections.adapters import Adapter
 from projections.model import Event
@@ -118,7 +118,7 @@ async def event_page(request: Request) -> Response:
     hl = services_of(request)
 
     def read(conn: Connection):
-        row = store.get_event(conn, position)
+        row = recorder.get_event(conn, position)
         if row is None:
             return None
         errors = log_filter.errors_at(conn, position)
@@ -126,7 +126,7 @@ async def event_page(request: Request) -> Response:
             verdict(p, row, *versions.active(conn, name), errors.get(name))
             for name, p in hl.projectors.items()
         ]
-        head, _ = store.read_head(conn)
+        head, _ = recorder.read_head(conn)
         return row, log_filter.deliveries(conn, row), verdicts, head
 
     found = await with_connection(request, read)
@@ -154,7 +154,7 @@ async def raw(request: Request) -> Response:
     """The exact body bytes, as a download (never rendered by the browser)."""
     require(request, "read")
     position = _position(request)
-    row = await with_connection(request, store.get_event, position)
+    row = await with_connection(request, recorder.get_event, position)
     if row is None:
         raise ConsoleError(404, "Not found", f"There is no event at position {position}.")
     if row.body is None:

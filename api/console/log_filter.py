@@ -6,13 +6,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sqlalchemy import Connection, Row, select
 
 from api.console.session import ConsoleError
-from ledger import store
-from ledger.schema import events
+from ledger.recorder import LogFilter, recorder_for
 from ledger.timefmt import iso_from_us, us_from_iso
 from projections.schema import projection_errors
 
@@ -65,25 +64,16 @@ class EventFilter:
     def params(self) -> dict[str, str]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name)}
 
-    def where(self) -> list[Any]:
-        c = events.c
-        out: list[Any] = []
-        if self.source:
-            out.append(c.source == self.source)
-        if self.type:
-            out.append(c.event_type == self.type)
-        since, until = _instant("since", self.since), _instant("until", self.until)
-        if since is not None:
-            out.append(c.received_at_us >= since)
-        if until is not None:
-            out.append(c.received_at_us < until)
-        if self.verification:
-            out.append(c.verification == self.verification)
-        if self.duplicates == "only":
-            out.append(c.duplicate_of.is_not(None))
-        elif self.duplicates == "hide":
-            out.append(c.duplicate_of.is_(None))
-        return out
+    def log_filter(self) -> LogFilter:
+        """What the recorder selects on for these filters."""
+        return LogFilter(
+            source=self.source or None,
+            event_type=self.type or None,
+            since_us=_instant("since", self.since),
+            until_us=_instant("until", self.until),
+            verification=self.verification or None,
+            duplicates=self.duplicates or None,
+        )
 
 
 @dataclass
@@ -97,18 +87,15 @@ def page_of_events(
     conn: Connection, f: EventFilter, before: int | None, after: int | None, limit: int
 ) -> Page:
     """Newest first; `before` pages back in time, `after` pages forward."""
-    c = events.c
-    query = store.event_meta_query().where(*f.where())
+    log = recorder_for(conn)
+    where = f.log_filter()
     if after is not None:
-        ascending = query.where(c.position > after).order_by(c.position).limit(limit + 1)
-        found = list(conn.execute(ascending))
+        found = log.list_events(conn, where, after, limit + 1)
         more_newer = len(found) > limit
         rows = list(reversed(found[:limit]))
         older = rows[-1].position if rows else None
         return Page(rows, older, rows[0].position if rows and more_newer else None)
-    if before is not None:
-        query = query.where(c.position < before)
-    found = list(conn.execute(query.order_by(c.position.desc()).limit(limit + 1)))
+    found = log.list_newest(conn, where, before, limit + 1)
     rows = found[:limit]
     older = rows[-1].position if len(found) > limit else None
     newer = rows[0].position if rows and before is not None else None
@@ -117,24 +104,12 @@ def page_of_events(
 
 def events_after(conn: Connection, f: EventFilter, after: int, limit: int = 200) -> list[Row]:
     """The live tail: matching events above `after`, newest first."""
-    c = events.c
-    query = store.event_meta_query().where(*f.where(), c.position > after)
-    found = list(conn.execute(query.order_by(c.position).limit(limit)))
-    return list(reversed(found))
+    return list(reversed(recorder_for(conn).list_events(conn, f.log_filter(), after, limit)))
 
 
 def deliveries(conn: Connection, row: Row, limit: int = 100) -> list[Row]:
     """Every other delivery with the same source and event id (the original included)."""
-    if row.event_id is None:
-        return []
-    c = events.c
-    query = (
-        select(c.position, c.received_at_us, c.duplicate_of, c.remote_addr)
-        .where(c.source == row.source, c.event_id == row.event_id, c.position != row.position)
-        .order_by(c.position)
-        .limit(limit)
-    )
-    return list(conn.execute(query))
+    return recorder_for(conn).deliveries(conn, row, limit)
 
 
 def errors_at(conn: Connection, position: int) -> dict[str, Row]:

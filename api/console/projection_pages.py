@@ -15,8 +15,7 @@ from starlette.responses import JSONResponse, Response
 from api.console.session import ConsoleError, checked_form, require
 from api.console.templating import SECURITY_HEADERS, redirect, render
 from api.services import services_of, with_connection
-from ledger.db import translated
-from ledger.store import read_head
+from ledger.recorder import read_head, translated
 from projections import reads, versions
 from projections.adapters import Adapter
 from projections.schema import projection_errors

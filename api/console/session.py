@@ -30,8 +30,8 @@ from starlette.responses import Response
 from api.auth import match_token, presented_token
 from api.services import services_of
 from ledger.config import Token
-from ledger.db import translated, writer
-from ledger.schema import console_sessions
+from ledger.recorder import translated, writer
+from ledger.recorder.schema import console_sessions
 
 PREFIX = "/ui"  # where the console is served
 COOKIE = "hl_session"

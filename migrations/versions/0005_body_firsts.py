@@ -1,4 +1,4 @@
-"""Body duplicates without an index write per delivery (`ledger.body_firsts`).
+"""Body duplicates without an index write per delivery (`ledger.recorder.body_firsts`).
 
 `ix_events_source_body_sha256` put a random-keyed B-tree insert on every append;
 `body_firsts` holds the same first positions, written in sorted chunks, and

@@ -34,9 +34,8 @@ import pytest
 from sqlalchemy import func, select
 
 from ledger.config import load_config
-from ledger.db import make_engine
 from ledger.integrity import verify_ledger
-from ledger.store import iter_events
+from ledger.recorder import iter_events, make_engine
 from projections import leases, versions
 from projections.adapters import load_adapters
 from projections.schema import projection_errors

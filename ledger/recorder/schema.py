@@ -67,13 +67,13 @@ ledger_head = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("position", BigInteger, nullable=False),
     Column("hash", String(64), nullable=False),
-    # How far `body_firsts` covers the log (`ledger.body_firsts`).
+    # How far `body_firsts` covers the log (`ledger.recorder.body_firsts`).
     Column("digests_through", BigInteger, nullable=False, server_default="0"),
 )
 
 # The first position of each (source, body digest) among the events up to
 # `ledger_head.digests_through`: the duplicate lookup by body (SPEC 3), filled in
-# sorted chunks by `ledger.body_firsts.merge` rather than a row per delivery.
+# sorted chunks by `ledger.recorder.body_firsts.merge` rather than a row per delivery.
 body_firsts = Table(
     "body_firsts",
     metadata,

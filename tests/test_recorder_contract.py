@@ -1,4 +1,4 @@
-"""The log's contract, run against SQLite and PostgreSQL alike."""
+"""The recorder's contract (`ledger.recorder`): every verb, run against SQLite and PostgreSQL alike."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
 from ledger import chain, migrate
-from ledger.db import make_engine, writer
 from ledger.errors import ImportRefused
 from ledger.integrity import verify_ledger
-from ledger.schema import events
-from ledger.store import ID_CHUNK, get_event, iter_events, read_head
+from ledger.recorder import ID_CHUNK, get_event, iter_events, make_engine, read_head, writer
+from ledger.recorder.schema import events
 from ledger.transfer import export_lines, import_lines
 from tests.helpers import append, new_event
 
@@ -250,7 +249,8 @@ def test_an_append_notifies_listeners_at_commit_on_postgresql(engine, db_url):
     rolled back wakes nobody."""
     import psycopg
 
-    from ledger.store import NOTIFY_CHANNEL, append_batch
+    from ledger.recorder import append_batch
+    from ledger.recorder.postgres import NOTIFY_CHANNEL
 
     with psycopg.connect(engine.url.set(drivername="postgresql").render_as_string(False)) as lis:
         lis.autocommit = True
@@ -267,21 +267,159 @@ def test_an_append_notifies_listeners_at_commit_on_postgresql(engine, db_url):
 def test_large_bodies_split_a_batch_by_bytes(engine, monkeypatch):
     """A batch of large bodies goes in several statements (PostgreSQL refuses a message
     over 1 GB), with the chain unbroken across them."""
-    import ledger.store
+    from ledger.recorder import base
 
-    monkeypatch.setattr(ledger.store, "INSERT_BYTES", 2500)
+    monkeypatch.setattr(base, "INSERT_BYTES", 2500)
     sizes: list[list[int]] = []
-    chunks = ledger.store._chunks
+    chunks = base.chunked
 
     def recorded(rows, size):  # the statements the batch is split into (raw cursors on SQLite)
         out = chunks(rows, size)
         sizes.append([len(c) for c in out])
         return out
 
-    monkeypatch.setattr(ledger.store, "_chunks", recorded)
+    monkeypatch.setattr(base, "chunked", recorded)
     batch = [new_event(b"%04d" % i + b"x" * 1000) for i in range(7)]
     appended = append(engine, batch)
     assert sizes == [[2, 2, 2, 1]]
     rows = list(iter_events(engine))
     assert [r.body for r in rows] == [e.body for e in batch]
     assert [r.hash for r in rows] == spec_chain(rows) == [a.hash for a in appended]
+
+
+# --- the recorder's verbs beyond append and read -------------------------------------
+
+
+def _stream(engine):
+    """Six deliveries of two sources, one duplicate, one unverified; returns them appended."""
+    from dataclasses import replace
+
+    evs = [
+        new_event(b'{"n":1}', source="a", event_id="e1", event_type="t1"),
+        new_event(b'{"n":2}', source="b", event_id="e1", event_type="t2"),
+        new_event(b'{"n":3}', source="a", event_id="e2", event_type="t2"),
+        new_event(b'{"n":1}', source="a", event_id="e1", event_type="t1"),  # duplicate of 1
+        replace(new_event(b'{"n":5}', source="b", event_type="t1"), verification="unverified"),
+        new_event(b'{"n":6}', source="a", event_id="e3", event_type="t3"),
+    ]
+    return evs, append(engine, evs)
+
+
+def test_listings_filter_and_page_both_ways(engine):
+    from ledger.recorder import LogFilter, recorder_for
+
+    evs, _ = _stream(engine)
+    log = recorder_for(engine)
+    with engine.connect() as conn:
+        every = log.list_events(conn, LogFilter())
+        assert [r.position for r in every] == [1, 2, 3, 4, 5, 6]
+        assert [r.body_size for r in every] == [len(e.body) for e in evs]
+        assert "body" not in every[0]._fields and "headers" not in every[0]._fields
+        pos = lambda f, **kw: [r.position for r in log.list_events(conn, f, **kw)]  # noqa: E731
+        assert pos(LogFilter(source="a")) == [1, 3, 4, 6]
+        assert pos(LogFilter(source="a", event_type="t1")) == [1, 4]
+        assert pos(LogFilter(verification="unverified")) == [5]
+        assert pos(LogFilter(duplicates="only")) == [4]
+        assert pos(LogFilter(duplicates="hide", source="a")) == [1, 3, 6]
+        assert pos(LogFilter(since_us=evs[2].received_at_us, until_us=evs[4].received_at_us)) == [
+            3,
+            4,
+        ]
+        assert pos(LogFilter(), after=4, limit=1) == [5]
+        newest = log.list_newest(conn, LogFilter(source="a"), None, 2)
+        assert [r.position for r in newest] == [6, 4]
+        older = log.list_newest(conn, LogFilter(source="a"), 4, 10)
+        assert [r.position for r in older] == [3, 1]
+
+
+def test_deliveries_hash_at_and_minute_counts(engine):
+    from ledger.recorder import recorder_for
+
+    evs, appended = _stream(engine)
+    log = recorder_for(engine)
+    with engine.connect() as conn:
+        original = log.get(conn, 1)
+        assert [r.position for r in log.deliveries(conn, original)] == [4]
+        assert log.deliveries(conn, log.get(conn, 5)) == []  # no event id
+        assert log.hash_at(conn, 3) == appended[2].hash
+        assert log.hash_at(conn, 7) is None
+        minute = evs[0].received_at_us // 60_000_000
+        counts = {(s, m): n for s, m, n in log.minute_counts(conn, minute - 1, 3)}
+        assert sum(counts.values()) == 6
+        assert {s for s, _ in counts} == {"a", "b"}
+        assert list(log.minute_counts(conn, minute + 10, 5)) == []
+
+
+def test_fold_rows_select_by_range_source_and_types(engine):
+    from ledger.recorder import FOLD_COLUMNS, recorder_for
+
+    _stream(engine)
+    log = recorder_for(engine)
+    names = [c.strip() for c in FOLD_COLUMNS.split(",")]
+    with engine.connect() as conn:
+        rows = log.fold_rows(conn, 1, 5, None, None)
+        assert [r[0] for r in rows] == [2, 3, 4, 5]
+        first = dict(zip(names, log.fold_rows(conn, 0, 1, None, None)[0], strict=True))
+        assert first["source"] == "a" and first["body"] == b'{"n":1}'
+        assert first["duplicate_of"] is None
+        assert [r[0] for r in log.fold_rows(conn, 0, 6, "a", None)] == [1, 3, 4, 6]
+        assert [r[0] for r in log.fold_rows(conn, 0, 6, "a", ["t1", "t3"])] == [1, 4, 6]
+        assert log.fold_rows(conn, 0, 6, None, []) == []
+
+
+def test_the_marks_lookups_see_only_rows_before(engine):
+    from ledger.recorder import MARK_COLUMNS, recorder_for
+
+    _stream(engine)
+    log = recorder_for(engine)
+    with engine.connect() as conn:
+        wanted = {"a": {"e1", "e2", "e9"}, "b": {"e1"}}
+        found = sorted(log.first_ids_before(conn, 4, wanted))
+        assert found == [("a", "e1", 1), ("a", "e2", 3), ("b", "e1", 2)]
+        assert sorted(log.first_ids_before(conn, 2, wanted)) == [("a", "e1", 1)]
+        rows = {r[0]: dict(zip(MARK_COLUMNS, r, strict=True)) for r in log.mark_rows(conn, [4, 5])}
+        assert rows[4]["duplicate_of"] == 1 and rows[5]["verification"] == "unverified"
+        assert list(log.mark_rows(conn, [99])) == []
+
+
+def test_erasing_through_the_recorder_keeps_the_chain(engine):
+    from ledger.recorder import Erasable, recorder_for
+
+    _stream(engine)
+    log = recorder_for(engine)
+    with writer(engine.connect()) as conn, conn.begin():
+        assert log.erased_summary(conn, Erasable(source="a")) == (4, 1, 6)
+        assert log.erase_chunk(conn, Erasable(source="a"), 2) == [1, 3]
+    with engine.connect() as conn:
+        assert list(log.erased_positions(conn, 1)) == [1, 3]
+        assert list(log.erased_positions(conn, 2)) == [3]
+        gone = Erasable(present=False, originals=True, types=("t1",))
+        assert log.erased_summary(conn, gone) == (1, 1, 1)
+        assert log.erased_summary(conn, Erasable(source="a")) == (2, 4, 6)
+    # The digests still chain; only the missing record of the erasure is reported (that
+    # is `ledger.erase`'s part, in the same transaction).
+    result = verify_ledger(engine)
+    assert (result.first_bad_position, result.reason) == (
+        1,
+        "body erased without a recorded erasure",
+    )
+
+
+def test_a_load_sets_the_head_and_the_counts(engine, tmp_path):
+    from ledger.recorder import read_source_counts, recorder_for
+
+    _stream(engine)
+    lines = list(export_lines(engine))
+    other = make_engine(f"sqlite:///{tmp_path / 'copy.db'}")
+    migrate.upgrade(other)
+    assert import_lines(other, lines) == 6
+    with other.connect() as conn:
+        assert read_head(conn) == read_head_of(engine)
+        assert read_source_counts(conn) == {"a": 4, "b": 2}
+    assert recorder_for(other).name == "sqlite"
+    other.dispose()
+
+
+def read_head_of(engine):
+    with engine.connect() as conn:
+        return read_head(conn)

@@ -27,12 +27,12 @@ from __future__ import annotations
 import functools
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from ledger.db import sqlite_driver
+from ledger.recorder.engine import sqlite_driver
 
 # Events per merge: each merge reads them from the log and writes their digests into
 # body_firsts in key order, in one transaction (30-40 ms on SQLite with a log of 100k
@@ -191,14 +191,22 @@ def reread_pg(conn: Connection, mine: Recent, watermark: int, head: int, head_ha
 
 def lookup_sqlite(conn: Connection, wanted: dict[str, set[str]]) -> Firsts:
     """SQLite: first positions in `body_firsts` (events up to the watermark)."""
+    return firsts_sqlite(conn, wanted, _lookup_sqlite)
+
+
+def firsts_sqlite(
+    conn: Connection, wanted: dict[str, set[str]], sql_for: Callable[[int], str]
+) -> Firsts:
+    """SQLite: {(source, value): first position} of the wanted values, by source, through
+    `sql_for(n)` (source then n values bound; rows of value, position), a chunk at a time."""
     found: Firsts = {}
     driver = sqlite_driver(conn)
-    for source, digest_set in wanted.items():
-        digests = sorted(digest_set)
-        for i in range(0, len(digests), LOOKUP_CHUNK):
-            chunk = digests[i : i + LOOKUP_CHUNK]
-            for digest, first in driver.execute(_lookup_sqlite(len(chunk)), (source, *chunk)):
-                found[(source, digest)] = first
+    for source, value_set in wanted.items():
+        values = sorted(value_set)
+        for i in range(0, len(values), LOOKUP_CHUNK):
+            chunk = values[i : i + LOOKUP_CHUNK]
+            for value, first in driver.execute(sql_for(len(chunk)), (source, *chunk)):
+                found[(source, value)] = first
     return found
 
 
