@@ -55,7 +55,7 @@ def main(path):
             if link.hex() != e["hash"]:
                 return broken(expected, "hash does not match the chain")
             previous, count = link, expected
-    print(f"chain intact: {count} events")
+    print(f"chain intact: {count} event{'' if count == 1 else 's'}")
     return 0
 
 
