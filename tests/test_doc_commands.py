@@ -114,6 +114,37 @@ def test_the_generated_part_of_performance_md_is_the_only_unmarked_exclusion():
             assert b.skip is not None, f"{b.name}: a generated block that would run"
 
 
+def test_the_stand_alone_verifier_of_ledger_md_finds_a_changed_byte(tmp_path):
+    """examples/verify_export.py, the chain of docs/ledger.md with the standard library
+    alone: an export passes, and one changed header fails at that position. (The
+    chain does not depend on the backend: SQLite only.)"""
+    import json
+
+    from ledger import migrate
+    from ledger.db import make_engine
+    from ledger.transfer import export_lines
+    from tests.helpers import append, new_event
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    try:
+        migrate.upgrade(engine)
+        append(engine, [new_event(b'{"n":%d}' % n, event_id=f"e{n}") for n in range(3)])
+        lines = list(export_lines(engine))
+    finally:
+        engine.dispose()
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    good.write_bytes(b"".join(lines))
+    doc = json.loads(lines[1])
+    doc["headers"] = doc["headers"].replace("application/json", "application/jsoN")
+    bad.write_bytes(lines[0] + json.dumps(doc).encode() + b"\n" + lines[2])
+    script = str(ROOT / "examples" / "verify_export.py")
+    ok = subprocess.run([sys.executable, script, str(good)], capture_output=True, text=True)
+    assert (ok.returncode, ok.stdout) == (0, "chain intact: 3 events\n")
+    broken = subprocess.run([sys.executable, script, str(bad)], capture_output=True, text=True)
+    assert broken.returncode == 1
+    assert broken.stdout == "chain broken at position 2: hash does not match the chain\n"
+
+
 # --- running the blocks ---------------------------------------------------------
 
 PRELUDE = r"""
