@@ -16,8 +16,9 @@ from api import params
 from api.auth import require
 from api.errors import ApiError
 from api.services import services_of, with_connection
-from ledger import recorder, rejections, verify_job
+from ledger import recorder, verify_job
 from ledger.integrity import past_head
+from ledger.recorder import rejections
 from ledger.timefmt import iso_from_us
 
 

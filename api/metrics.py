@@ -17,9 +17,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 
-from ledger import rejections
 from ledger.errors import HookledgerError
-from ledger.recorder import read_head, translated
+from ledger.recorder import read_head, rejections, translated
 from projections.adapters import Adapter
 from projections.status import status
 

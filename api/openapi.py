@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from api.params import MAX_INT
-from ledger.rejections import REASONS
+from ledger.recorder.rejections import REASONS
 
 
 def _ref(name: str) -> dict[str, str]:

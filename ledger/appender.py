@@ -37,8 +37,8 @@ from ledger.recorder import (
     translated,
     writer,
 )
+from ledger.recorder.rejections import keep, stored_size
 from ledger.rejection_lane import RejectionLane
-from ledger.rejections import keep, stored_size
 
 log = logging.getLogger("hookledger.appender")
 

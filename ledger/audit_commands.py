@@ -154,8 +154,7 @@ def cmd_rejections(args: argparse.Namespace, config: Config) -> int:
     import orjson
     from rich.table import Table
 
-    from ledger import rejections
-    from ledger.recorder import translated, writer
+    from ledger.recorder import rejections, translated, writer
     from ledger.timefmt import iso_from_us
 
     if args.rejections_cmd != "prune" and args.reason is not None:

@@ -17,7 +17,7 @@ import orjson
 from ledger.chain import REDACTED, canonical_headers
 from ledger.config import SourceConfig
 from ledger.recorder import NewEvent, Rejection
-from ledger.rejections import SOURCE_NOT_CONFIGURED
+from ledger.recorder.rejections import SOURCE_NOT_CONFIGURED
 from ledger.signatures.registry import SCHEMES
 from ledger.signatures.scheme import Delivery, extract
 

@@ -13,7 +13,7 @@ import threading
 from collections import deque
 from typing import Any
 
-from ledger.rejections import Tally, stored_size
+from ledger.recorder.rejections import Tally, stored_size
 
 MAX_PENDING = 1024  # rejections waiting to be written
 MAX_PENDING_BYTES = 4 * 1024 * 1024  # and their stored size

@@ -118,7 +118,7 @@ def test_events_show_prints_fields_headers_and_body_as_text(tmp_path, engine, ca
 
 def test_rejections_print_wire_text_as_text(tmp_path, engine, capsys):
     from ledger.recorder import Rejection, writer
-    from ledger.rejections import keep
+    from ledger.recorder.rejections import keep
 
     rejection = Rejection(
         source=CLOSE,
@@ -141,7 +141,7 @@ def test_rejections_print_wire_text_as_text(tmp_path, engine, capsys):
 
 def test_rejections_filter_by_reason_and_refuse_an_unknown_one(tmp_path, engine, capsys):
     from ledger.recorder import Rejection, writer
-    from ledger.rejections import keep
+    from ledger.recorder.rejections import keep
 
     def rejected(reason: str, body: bytes) -> Rejection:
         return Rejection(

@@ -120,8 +120,9 @@ def test_the_stand_alone_verifier_of_ledger_md_finds_a_changed_byte(tmp_path):
     chain does not depend on the backend: SQLite only.)"""
     import json
 
-    from ledger import migrate
     from ledger.db import make_engine
+
+    from ledger import migrate
     from ledger.transfer import export_lines
     from tests.helpers import append, new_event
 

@@ -25,7 +25,7 @@ def test_every_server_setting_is_documented():
 
 
 def test_every_rejection_reason_is_documented_with_the_filter():
-    from ledger.rejections import REASONS
+    from ledger.recorder.rejections import REASONS
 
     text = (DOCS / "api.md").read_text()
     section = text[text.index("### `GET /v1/rejections`") :].split("\n## ", 1)[0]

@@ -44,7 +44,7 @@ def test_the_guards_answers_are_documented():
 
 
 def test_the_rejections_reason_filter_is_documented():
-    from ledger.rejections import REASONS
+    from ledger.recorder.rejections import REASONS
 
     params = DOCUMENT["paths"]["/v1/rejections"]["get"]["parameters"]
     (reason,) = [p for p in params if p["name"] == "reason"]

@@ -11,6 +11,7 @@
     erased_summary/erase_chunk erase bodies, count what an erasure touches         ledger.erase
     load_rows/finish_load      an import's rows, head and counts                   ledger.transfer
     listener(engine, wake)     wake-ups when another process appends               projectors
+    rejections.keep / list_... refused deliveries, under their byte bound          appender, API, CLI
 
 Each verb is a method of `Recorder`; `recorder_for(conn)` gives the backend's one,
 which holds every difference between SQLite and PostgreSQL (markers, the head lock,
