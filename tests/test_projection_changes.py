@@ -14,7 +14,7 @@ from sqlalchemy import Column, Connection, Integer, MetaData, Table, Text, selec
 from projections import leases, versions
 from projections.python import Projection
 from projections.status import status
-from projections.worker import Worker, WorkerThread
+from projections.worker import Worker, WorkerThread, wait_until
 from tests.helpers import append, new_event
 from tests.projection_support import ENTITIES, drain, projectors_for
 
@@ -146,8 +146,7 @@ def run_change(engine, before: dict, after: dict, rebuild_batch: int = 5):
     feeder.start()
     # deliveries arrive before and during the rebuild: the live version has events past
     # those it was built with to apply, however fast the rebuild is
-    while appended[0] < 430:
-        time.sleep(0.01)
+    assert wait_until(lambda: appended[0] >= 430, 30), "the writer never got going"
     thread.start()
     try:
         deadline = time.monotonic() + 60

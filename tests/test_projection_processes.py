@@ -253,11 +253,13 @@ def test_two_workers_fail_over_when_the_lease_holder_is_killed(pg_url, migrated,
     config = projectors.config(pg_url, ENTITIES)
     workers = {p.pid: p for p in (projectors.start(config), projectors.start(config))}
     assert wait_until(lambda: caught_up(engine, "entities"), 30)
+    start = head(engine)
 
     # events keep arriving the whole time; the checkpoint never moves backwards
     stop = threading.Event()
     problems: list[str] = []
     seen_owners: list[int] = []
+    turns = [0]  # how many times the watcher has looked
 
     def keep_appending() -> None:
         while not stop.is_set():
@@ -276,13 +278,17 @@ def test_two_workers_fail_over_when_the_lease_holder_is_killed(pg_url, migrated,
                 problems.append(f"lease holders: {holders}")
             elif not seen_owners or seen_owners[-1] != holders[0][1]:
                 seen_owners.append(holders[0][1])
+            turns[0] += 1
             time.sleep(0.02)
 
     threads = [threading.Thread(target=keep_appending), threading.Thread(target=watch)]
     for t in threads:
         t.start()
     try:
-        time.sleep(1.0)
+        # the watcher has seen the holder apply events that arrived meanwhile
+        assert wait_until(
+            lambda: bool(seen_owners) and checkpoint(engine, "entities")[0] > start + 100, 15
+        )
         ((_, holder),) = lease_holders(engine)
         assert holder in workers
         (other,) = set(workers) - {holder}
@@ -296,7 +302,8 @@ def test_two_workers_fail_over_when_the_lease_holder_is_killed(pg_url, migrated,
         assert took_over < LEASE_TTL_S + 3
         # the survivor works: the checkpoint moves past where the dead holder left it
         assert wait_until(lambda: checkpoint(engine, "entities")[0] > before_kill + 100, 10)
-        time.sleep(0.5)
+        watched = turns[0]  # and the watcher keeps checking the survivor a while
+        assert wait_until(lambda: turns[0] >= watched + 20, 10)
     finally:
         stop.set()
         for t in threads:
