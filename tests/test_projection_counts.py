@@ -1,5 +1,4 @@
-"""Row counts kept by the engine (SPEC 7): `projection_versions.row_count` moves in each
-batch's transaction, ends right after rebuilds, and no status route counts a projection."""
+"""Row counts kept by the engine (SPEC 7) follow every batch; no status route counts rows."""
 
 from __future__ import annotations
 
