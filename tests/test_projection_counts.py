@@ -43,9 +43,10 @@ def stored_and_actual(engine: Engine, name: str) -> tuple[int, int, int]:
     """(registry row_count of the live version, live rows in its table, status `rows`)."""
     with engine.connect() as conn:
         live, _ = versions.active(conn, name)
+        assert live is not None, f"{name} has no live version"
         actual = conn.execute(
             text(f"SELECT count(*) FROM {live.table_name} WHERE deleted = false")
-        ).scalar()
+        ).scalar_one()
     (entry,) = status(engine, projectors_for(entities=ENTITIES))
     return live.row_count, actual, entry["rows"]
 

@@ -143,12 +143,12 @@ def load_people(c) -> list[dict]:
     last = 0
     for i in range(25):
         entity = "customer" if i % 3 else "order"
-        data = {}
+        data: dict[str, str | int] = {}
         if i % 4:
             data["name"] = f"n{i % 5}"
         if i % 6:
             data["age"] = i % 4
-        last = post(c, "data_updated", entity, f"{i:02d}", **data)
+        last = post(c, "data_updated", entity, f"{i:02d}", 1, **data)
     caught_up(c, last)
     every = rows(c, limit=1000)["rows"]
     assert len(every) == 25

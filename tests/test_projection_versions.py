@@ -124,6 +124,7 @@ def read_view(engine, name: str) -> tuple[int, list[str], list[dict]]:
             keys = list(result.keys())
             rows = [dict(zip(keys, r, strict=True)) for r in result]
             after, _ = versions.active(conn, name)
+        assert before is not None and after is not None, f"{name} has no live version"
         if before.version == after.version:
             return before.version, keys, rows
 
@@ -179,6 +180,7 @@ def drain_thread(engine, projectors: dict) -> None:
             with engine.connect() as conn:
                 rows = versions.of(conn, name)
             live, _ = versions.active_of(rows)
+            assert live is not None, rows
             if live.diff is not None and not versions.undropped(rows):
                 return
         time.sleep(0.05)

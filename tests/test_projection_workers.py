@@ -179,7 +179,7 @@ def kill_mid_way(
 
 def errors_recorded(engine: Engine) -> int:
     with engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(projection_errors)).scalar()
+        return conn.execute(select(func.count()).select_from(projection_errors)).scalar_one()
 
 
 # --- event streams -------------------------------------------------------------------------
@@ -427,7 +427,7 @@ class CrashingProjector(DeclarativeAdapter):
 
 
 def load_stream(engine, items) -> list[tuple[str, bytes, bool]]:
-    deliveries = []
+    deliveries: list[tuple[str, bytes, bool]] = []
     seen: set[str] = set()
     for i, (kind, entity, key, version, redeliver) in enumerate(items):
         event_id = f"evt-{i - 1}" if redeliver and i > 0 else f"evt-{i}"

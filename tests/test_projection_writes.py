@@ -200,7 +200,7 @@ COLUMNS = "entity, id, name, n, data, version, position, deleted"
 def shuffled_stream(seed: int, count: int) -> list[tuple[str, bytes, str]]:
     """Out-of-order versions, deletes, re-deliveries and repeated keys, mixed in every chunk."""
     rng = random.Random(seed)
-    out = []
+    out: list[tuple[str, bytes, str]] = []
     for i in range(count):
         if i and rng.random() < 0.1:
             kind, body, event_id = out[rng.randrange(i)]  # a re-delivery: skipped as duplicate
