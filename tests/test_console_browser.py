@@ -18,13 +18,22 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    ConsoleMessage,
+    Error,
+    Page,
+    ViewportSize,
+    expect,
+    sync_playwright,
+)
 
 from ledger import migrate
 from ledger.recorder import NewEvent, append_batch, make_engine, writer
@@ -43,8 +52,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-LAPTOP = {"width": 1366, "height": 768}
-PHONE = {"width": 390, "height": 844}
+LAPTOP: ViewportSize = {"width": 1366, "height": 768}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 SCREENSHOTS = os.environ.get("HOOKLEDGER_SCREENSHOTS") == "1"
 ADMIN, VIEWER = "admin-token-0123456789", "viewer-token-0123456789"
 
@@ -87,6 +96,11 @@ columns = { status = "/order/status", total = { path = "/order/total", type = "i
 
 class Server:
     """`hookledger serve` with projectors in-process, on a free port."""
+
+    # positions of the deliveries the `server` fixture makes, for the tests to look up
+    first: int
+    hostile: int
+    poison: int
 
     def __init__(self, directory: Path, env: dict[str, str]) -> None:
         self.port = free_port()
@@ -169,7 +183,7 @@ def seed_day(url: str) -> None:
     engine = make_engine(url)
     migrate.upgrade(engine)
     start = time.time_ns() // 1000 - 1440 * 60_000_000
-    batch = []
+    batch: list[NewEvent] = []
     for minute, count in enumerate(day_profile()):
         for j in range(count):
             i = len(batch)
@@ -243,22 +257,34 @@ def browser() -> Iterator[Browser]:
         b.close()
 
 
-def new_page(browser: Browser, viewport: dict, javascript: bool = True) -> Page:
+# each page's console errors, kept by new_page and checked by done
+PROBLEMS: weakref.WeakKeyDictionary[Page, list[str]] = weakref.WeakKeyDictionary()
+
+
+def new_page(browser: Browser, viewport: ViewportSize, javascript: bool = True) -> Page:
     """A fresh browser context; console errors (CSP violations, script errors) are kept."""
     context = browser.new_context(
         viewport=viewport, device_scale_factor=1, locale="en-US", java_script_enabled=javascript
     )
     page = context.new_page()
     page.set_default_timeout(15_000)
-    page.problems = []
-    page.on("console", lambda m: m.type == "error" and page.problems.append(m.text))
-    page.on("pageerror", lambda e: page.problems.append(str(e)))
+    problems = PROBLEMS[page] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            problems.append(message.text)
+
+    def on_page_error(error: Error) -> None:
+        problems.append(str(error))
+
+    page.on("console", on_console)
+    page.on("pageerror", on_page_error)
     return page
 
 
 def done(page: Page, expected: tuple[str, ...] = ()) -> None:
     """Close the page, failing on any console error but the `expected` ones (e.g. a 401)."""
-    problems = [p for p in page.problems if not any(e in p for e in expected)]
+    problems = [p for p in PROBLEMS[page] if not any(e in p for e in expected)]
     page.context.close()
     assert problems == []
 

@@ -28,7 +28,9 @@ scopes = ["read"]
 
 
 def csrf(html: str) -> str:
-    return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, html
+    return found.group(1)
 
 
 def sign_in(url: str, token: str) -> str:
@@ -47,7 +49,9 @@ def signed_in_as(url: str, cookie: str) -> str | None:
         assert r.headers["location"].startswith("/ui/login")
         return None
     assert r.status_code == 200, r.text
-    return re.search(r'title="signed in with the token named [^"]*">([^<]+)<', r.text).group(1)
+    found = re.search(r'title="signed in with the token named [^"]*">([^<]+)<', r.text)
+    assert found, r.text
+    return found.group(1)
 
 
 def test_sign_out_ends_a_copied_cookie_in_every_process(serve, db_url):

@@ -120,9 +120,8 @@ def test_the_stand_alone_verifier_of_ledger_md_finds_a_changed_byte(tmp_path):
     chain does not depend on the backend: SQLite only.)"""
     import json
 
-    from ledger.db import make_engine
-
     from ledger import migrate
+    from ledger.recorder import make_engine
     from ledger.transfer import export_lines
     from tests.helpers import append, new_event
 
@@ -177,7 +176,8 @@ def server_env(blocks: list[Block]) -> dict[str, str]:
         for line in b.text.splitlines():
             if "make run" in line:
                 before = line.split("make run", 1)[0].split()
-                env.update(w.split("=", 1) for w in before if re.match(r"[A-Z_]+=", w))
+                pairs = (w.partition("=") for w in before if re.match(r"[A-Z_]+=", w))
+                env.update((name, value) for name, _, value in pairs)
     return env
 
 

@@ -113,7 +113,8 @@ def test_marks_of_an_honest_log_pass_both_ways(engines):
     assert verify_ledger(target).ok
 
 
-RULES = {
+# rule: (position broken, {column: value written there}, what the refusal says)
+RULES: dict[str, tuple[int, dict[str, object], str]] = {
     "duplicate of a later position": (4, {"duplicate_of": 5}, "is not an earlier position"),
     "duplicate of itself": (4, {"duplicate_of": 4}, "is not an earlier position"),
     "duplicate of position 0": (4, {"duplicate_of": 0}, "is not an earlier position"),

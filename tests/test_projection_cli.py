@@ -1,5 +1,4 @@
-"""The projection commands of the CLI (SPEC 2 and 6): status, rebuild, projections retry,
-run in-process on SQLite and PostgreSQL."""
+"""The projection commands of the CLI (SPEC 2, 6) on both backends: status, rebuild, retry."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Row counts kept by the engine (SPEC 7): `projection_versions.row_count` moves in each
-batch's transaction, ends right after rebuilds, and no status route counts a projection."""
+"""Row counts kept by the engine (SPEC 7) follow every batch; no status route counts rows."""
 
 from __future__ import annotations
 
@@ -44,9 +43,10 @@ def stored_and_actual(engine: Engine, name: str) -> tuple[int, int, int]:
     """(registry row_count of the live version, live rows in its table, status `rows`)."""
     with engine.connect() as conn:
         live, _ = versions.active(conn, name)
+        assert live is not None, f"{name} has no live version"
         actual = conn.execute(
             text(f"SELECT count(*) FROM {live.table_name} WHERE deleted = false")
-        ).scalar()
+        ).scalar_one()
     (entry,) = status(engine, projectors_for(entities=ENTITIES))
     return live.row_count, actual, entry["rows"]
 

@@ -1,11 +1,10 @@
-"""The declarative fold and the ordering guard, pure (no database)."""
+"""The declarative fold and the version ordering guard, pure (no database)."""
 
 from __future__ import annotations
 
 import orjson
 import pytest
 
-from ledger.errors import ConfigError
 from projections.declarative import Definition, fold
 from projections.model import Event
 from projections.ordering import VersionError, is_newer, version_key
@@ -122,55 +121,6 @@ def test_version_kinds():
     assert version_key("v1")[0] == "string"
     with pytest.raises(VersionError):
         is_newer("1", 2, "x", 1)
-
-
-@pytest.mark.parametrize(
-    "raw, message",
-    [
-        ({}, "key: is required"),
-        ({"key": "id"}, "JSON Pointer"),
-        ({"key": ["/a/id", "/b/id"]}, "clashes"),
-        ({"key": "/id", "columns": {"id": "/x"}}, "clashes"),
-        ({"key": "/id", "columns": {"data": "/x"}}, "clashes"),
-        ({"key": "/id", "columns": {"n": {"path": "/n", "type": "float"}}}, "type"),
-        ({"key": "/id", "on_error": "ignore"}, "on_error"),
-        ({"key": "/id", "colums": {}}, "unknown key"),
-    ],
-)
-def test_definition_errors_name_the_key(raw, message):
-    with pytest.raises(ConfigError, match=message) as info:
-        Definition.parse("p", raw, "hookledger.toml")
-    assert str(info.value).startswith("hookledger.toml: projections.p.")
-
-
-def test_fingerprint_follows_meaning_not_error_policy():
-    a = Definition.parse("p", {"key": "/id"}, "t")
-    b = Definition.parse("p", {"key": "/id", "on_error": "skip"}, "t")
-    c = Definition.parse("p", {"key": "/id", "object": "/data"}, "t")
-    assert a.fingerprint == b.fingerprint != c.fingerprint
-
-
-@pytest.mark.parametrize("name", ["nothing", "order", "user", "select"])
-def test_a_projection_named_like_an_sql_keyword_is_refused(name):
-    """The name is also a SQL view: a keyword would break its every statement."""
-    from ledger.config import Config
-    from projections.adapters import load_adapters
-
-    with pytest.raises(ConfigError, match="SQL keyword"):
-        load_adapters(Config(path="hookledger.toml", projections={name: {"key": "/id"}}))
-    assert load_adapters(Config(path="t", projections={"orders": {"key": "/id"}}))
-
-
-def test_a_projection_name_too_long_for_postgresql_is_refused():
-    """PostgreSQL cuts identifiers at 63 bytes: the tables of two versions of a long
-    name would be one table."""
-    from ledger.config import Config
-    from projections.adapters import MAX_NAME, load_adapters
-
-    with pytest.raises(ConfigError, match="at most"):
-        load_adapters(Config(path="t", projections={"a" * (MAX_NAME + 1): {"key": "/id"}}))
-    assert load_adapters(Config(path="t", projections={"a" * MAX_NAME: {"key": "/id"}}))
-    assert len(f"stage_p_{'a' * MAX_NAME}_v999999") <= 63
 
 
 def test_a_nul_in_a_key_or_a_text_column_is_the_events_error():

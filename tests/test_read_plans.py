@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from sqlalchemy import Connection, Engine, event
@@ -25,7 +26,7 @@ DAY_US = 24 * 60 * MINUTE_US
 
 def plan_of(engine: Engine, run: Callable[[Connection], object]) -> str:
     """The plan of the last statement `run` executes, as the backend explains it."""
-    seen: list[tuple[str, object]] = []
+    seen: list[tuple[str, Any]] = []  # the parameters as the driver takes them
 
     def capture(conn, cursor, statement, parameters, context, executemany) -> None:
         seen.append((statement, parameters))
@@ -87,6 +88,7 @@ def big_projection(engine) -> Engine:
     drain(Worker(engine, projectors, owner="w"))
     with engine.connect() as conn:
         live, _ = versions.active(conn, "people")
+        assert live is not None, "the people projection has no live version"
     mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
     rows = [
         (f"{i:06}", f"p{i}@example.com", i % 97, "{}", None, i, i % 10 == 0)

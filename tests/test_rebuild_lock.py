@@ -11,7 +11,7 @@ import orjson
 from ledger import migrate
 from ledger.recorder import make_engine
 from projections import leases, versions
-from projections.worker import Worker, WorkerThread
+from projections.worker import Worker, WorkerThread, wait_until
 from tests.helpers import append, new_event
 from tests.projection_support import drain, projectors_for
 
@@ -63,7 +63,9 @@ def test_a_rebuild_with_a_big_old_table_lets_appends_through_and_swaps_meanwhile
             if live.version == row.version and live.diff and not versions.undropped(rows):
                 break
             time.sleep(0.2)
-        time.sleep(0.5)  # appends after the drop, too
+        dropped_at = time.time()
+        # appends after the drop, too: wait for one to finish rather than for a fixed time
+        assert wait_until(lambda: any(at > dropped_at for at, _ in waits), 30), "no append after"
     finally:
         stop.set()
         feeder.join()

@@ -1,9 +1,8 @@
-"""Real `hookledger project` processes killed with SIGKILL at awkward moments (SPEC 5).
+"""Workers lose and repeat nothing (SIGKILL, crashes, lost leases); an error halts or skips."""
 
-A killed worker must neither lose nor repeat an effect: the next worker takes
-the lease over when it expires, resumes from the checkpoint, and the tables
-end up equal to an independent fold of the log.
-"""
+# A killed worker must neither lose nor repeat an effect: the next worker takes the lease
+# over when it expires, resumes from the checkpoint, and the tables end up equal to an
+# independent fold of the log.
 
 from __future__ import annotations
 
@@ -17,20 +16,35 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select, text
 
 from ledger import migrate
 from ledger.recorder import make_engine, read_head
-from projections import versions
+from projections import failures, leases, versions
+from projections.adapters import DeclarativeAdapter
 from projections.schema import projection_errors, projection_leases
-from projections.worker import LEASE_TTL_S, wait_until
+from projections.status import status
+from projections.worker import LEASE_TTL_S, Worker, wait_until
 from tests.helpers import append, new_event
-from tests.projection_support import actual_entities, entities_toml, entity_body, expected_entities
+from tests.projection_support import (
+    ENTITIES,
+    actual_entities,
+    drain,
+    entities_toml,
+    entity_body,
+    expected_entities,
+    projectors_for,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
-ENTITIES = entities_toml('{ name = "/data/name", n = { path = "/data/n", type = "integer" } }')
+ENTITIES_CONFIG = entities_toml(
+    '{ name = "/data/name", n = { path = "/data/n", type = "integer" } }'
+)
 
 COUNTS = """
 [projections.counts]
@@ -164,7 +178,7 @@ def kill_mid_way(
 
 def errors_recorded(engine: Engine) -> int:
     with engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(projection_errors)).scalar()
+        return conn.execute(select(func.count()).select_from(projection_errors)).scalar_one()
 
 
 # --- event streams -------------------------------------------------------------------------
@@ -217,7 +231,7 @@ def test_a_killed_projector_mid_backlog_loses_and_repeats_nothing(db_url, migrat
     stream = EntityStream(seed=1)
     stream.append(engine, 30_000)
     total = head(engine)
-    config = projectors.config(db_url, ENTITIES)
+    config = projectors.config(db_url, ENTITIES_CONFIG)
 
     first = projectors.start(config)
     at_kill = kill_mid_way(projectors, first, engine, "entities", 0, delay=0.1)
@@ -249,14 +263,16 @@ def test_two_workers_fail_over_when_the_lease_holder_is_killed(pg_url, migrated,
     engine = migrated(pg_url)
     stream = EntityStream(seed=2, n_keys=500)
     stream.append(engine, 3000)
-    config = projectors.config(pg_url, ENTITIES)
+    config = projectors.config(pg_url, ENTITIES_CONFIG)
     workers = {p.pid: p for p in (projectors.start(config), projectors.start(config))}
     assert wait_until(lambda: caught_up(engine, "entities"), 30)
+    start = head(engine)
 
     # events keep arriving the whole time; the checkpoint never moves backwards
     stop = threading.Event()
     problems: list[str] = []
     seen_owners: list[int] = []
+    turns = [0]  # how many times the watcher has looked
 
     def keep_appending() -> None:
         while not stop.is_set():
@@ -275,13 +291,17 @@ def test_two_workers_fail_over_when_the_lease_holder_is_killed(pg_url, migrated,
                 problems.append(f"lease holders: {holders}")
             elif not seen_owners or seen_owners[-1] != holders[0][1]:
                 seen_owners.append(holders[0][1])
+            turns[0] += 1
             time.sleep(0.02)
 
     threads = [threading.Thread(target=keep_appending), threading.Thread(target=watch)]
     for t in threads:
         t.start()
     try:
-        time.sleep(1.0)
+        # the watcher has seen the holder apply events that arrived meanwhile
+        assert wait_until(
+            lambda: bool(seen_owners) and checkpoint(engine, "entities")[0] > start + 100, 15
+        )
         ((_, holder),) = lease_holders(engine)
         assert holder in workers
         (other,) = set(workers) - {holder}
@@ -295,7 +315,8 @@ def test_two_workers_fail_over_when_the_lease_holder_is_killed(pg_url, migrated,
         assert took_over < LEASE_TTL_S + 3
         # the survivor works: the checkpoint moves past where the dead holder left it
         assert wait_until(lambda: checkpoint(engine, "entities")[0] > before_kill + 100, 10)
-        time.sleep(0.5)
+        watched = turns[0]  # and the watcher keeps checking the survivor a while
+        assert wait_until(lambda: turns[0] >= watched + 20, 10)
     finally:
         stop.set()
         for t in threads:
@@ -370,3 +391,197 @@ def test_python_projection_counts_once_across_two_kills(tmp_path, migrated, proj
     assert sum(expected.values()) == len(sent) < second_head  # re-deliveries were skipped
     assert errors_recorded(engine) == 0
     projectors.stop(proc)
+
+
+# --- in process: crashes at random points, the error policy, leases ------------------------
+
+
+entity_items = st.lists(
+    st.tuples(
+        st.sampled_from(["data_updated", "data_updated", "data_updated", "data_deleted"]),
+        st.sampled_from(["customer", "order"]),
+        st.sampled_from(["1", "2", "3", "4"]),
+        st.integers(min_value=1, max_value=6),  # small range: many ties and stale updates
+        st.booleans(),  # re-delivery of the same event id
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
+class Crash(BaseException):
+    """Stands for a process dying mid-transaction."""
+
+
+class CrashingProjector(DeclarativeAdapter):
+    def __init__(self, definition, rng: random.Random) -> None:
+        super().__init__(definition)
+        self.rng = rng
+
+    def apply(self, conn, table, events):
+        outcome = super().apply(conn, table, events)
+        if self.rng.random() < 0.3:
+            raise Crash()  # after writing rows, before commit
+        return outcome
+
+
+def load_stream(engine, items) -> list[tuple[str, bytes, bool]]:
+    deliveries: list[tuple[str, bytes, bool]] = []
+    seen: set[str] = set()
+    for i, (kind, entity, key, version, redeliver) in enumerate(items):
+        event_id = f"evt-{i - 1}" if redeliver and i > 0 else f"evt-{i}"
+        body = (
+            deliveries[i - 1][1]
+            if redeliver and i > 0
+            else entity_body(kind, entity, key, version, name=f"n{i}", n=i)
+        )
+        if redeliver and i > 0:
+            kind = deliveries[i - 1][0]
+        deliveries.append((kind, body, event_id in seen))
+        seen.add(event_id)
+        append(engine, [new_event(body, event_id=event_id, event_type=kind)])
+    return deliveries
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(items=entity_items, batch=st.integers(min_value=1, max_value=7), seed=st.integers(0, 2**16))
+def test_any_batching_any_crash_and_a_rebuild_agree(db_url_factory, items, batch, seed):
+    engine = make_engine(db_url_factory())
+    migrate.upgrade(engine)
+    deliveries = load_stream(engine, items)
+    expected = expected_entities(deliveries)
+    projectors = projectors_for(entities=ENTITIES)
+
+    # incremental, in small batches, crashing at random points
+    definition = projectors["entities"].definition
+    rng = random.Random(seed)
+    crashing = {"entities": CrashingProjector(definition, rng)}
+    owner = "w1"
+    for _ in range(500):
+        worker = Worker(engine, crashing, owner=owner, live_batch=batch, rebuild_batch=batch)
+        try:
+            drain(worker)
+            break
+        except Crash:
+            continue
+    with engine.connect() as conn:
+        assert actual_entities(conn) == expected
+
+    # a rebuild from position 1 in one large batch gives the same table
+    versions.request_rebuild(engine, projectors["entities"])
+    drain(Worker(engine, projectors, owner=owner))
+    with engine.connect() as conn:
+        assert actual_entities(conn) == expected
+        live, building = versions.active(conn, "entities")
+        assert building is None and live.version == 2
+        assert orjson.loads(live.diff) == {"added": 0, "removed": 0, "changed": 0}
+    engine.dispose()
+
+
+def test_python_projection_counts_each_event_once_across_crashes(engine):
+    from tests.projection_support import EventCounts
+
+    kinds = ["a", "b", "c"]
+    rng = random.Random(7)
+    bodies = []
+    for i in range(300):
+        kind = rng.choice(kinds)
+        event_id = f"id-{i // 2}" if i % 10 == 0 else f"id-{i}"  # some redeliveries
+        bodies.append((kind, event_id))
+        append(engine, [new_event(b"{}", event_id=event_id, event_type=kind)])
+    projectors = projectors_for(counts={"class": "tests.projection_support:EventCounts"})
+    impl = projectors["counts"].impl
+    real_apply = impl.apply
+    calls = {"n": 0}
+
+    def crashing_apply(conn, table, events):
+        real_apply(conn, table, events)
+        calls["n"] += 1
+        if calls["n"] % 3 == 0:
+            raise Crash()
+
+    impl.apply = crashing_apply
+    for _ in range(1000):
+        try:
+            drain(Worker(engine, projectors, owner="w", live_batch=17, rebuild_batch=17))
+            break
+        except Crash:
+            continue
+    expected: dict[str, int] = {}
+    seen = set()
+    for kind, event_id in bodies:
+        if event_id in seen:
+            continue
+        seen.add(event_id)
+        expected[kind] = expected.get(kind, 0) + 1
+    assert isinstance(EventCounts, type)
+    with engine.connect() as conn:
+        got = dict(conn.execute(text("SELECT event_type, count FROM counts")).all())
+    assert got == expected
+
+
+def test_halt_records_the_error_and_stops_at_the_poison(engine):
+    append(engine, [new_event(b'{"ok": 1}'), new_event(b"poison"), new_event(b'{"ok": 2}')])
+    projectors = projectors_for(p={"class": "tests.projection_support:Poisoned"})
+    worker = Worker(engine, projectors, owner="w")
+    drain(worker)
+    (entry,) = status(engine, projectors)
+    assert entry["state"] == "failed"
+    assert entry["position"] == 1
+    assert entry["last_error"]["position"] == 2
+    assert "poisoned event at 2" in entry["last_error"]["error"]
+    # retrying without a fix halts again at the same event, and records it again
+    assert failures.retry(engine, "p") == 1
+    drain(worker)
+    (entry,) = status(engine, projectors)
+    assert (entry["state"], entry["position"]) == ("failed", 1)
+    with engine.connect() as conn:
+        errors = conn.execute(text("SELECT position FROM projection_errors")).scalars().all()
+    assert errors == [2, 2]
+
+
+def test_skip_goes_past_the_poison(engine):
+    append(engine, [new_event(b'{"ok": 1}'), new_event(b"poison"), new_event(b'{"ok": 2}')])
+    projectors = projectors_for(
+        p={"class": "tests.projection_support:Poisoned", "on_error": "skip"}
+    )
+    drain(Worker(engine, projectors, owner="w"))
+    (entry,) = status(engine, projectors)
+    assert (entry["state"], entry["position"], entry["rows"]) == ("live", 3, 2)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT position FROM p ORDER BY 1")).scalars().all() == [1, 3]
+
+
+def test_a_worker_that_lost_its_lease_cannot_commit(engine):
+    append(
+        engine,
+        [
+            new_event(entity_body("data_updated", "c", str(i), 1), event_type="data_updated")
+            for i in range(5)
+        ],
+    )
+    projectors = projectors_for(entities=ENTITIES)
+    a = Worker(engine, projectors, owner="a", live_batch=2, rebuild_batch=2, lease_ttl=0.0)
+    b = Worker(engine, projectors, owner="b", live_batch=2, rebuild_batch=2, lease_ttl=0.0)
+    a.run_once()  # creates v1 and applies 1..2
+    with engine.connect() as conn:
+        stale = versions.active(conn, "entities")[1]
+    b.run_once()  # the lease expired at once: b takes over and applies 3..4
+    # a still believes the checkpoint is where it saw it: its compare-and-set must fail
+    assert a.step(projectors["entities"], stale, 5, 2) is False
+    with engine.connect() as conn:
+        assert versions.active(conn, "entities")[1].position == 4
+
+
+def test_leases_give_each_projection_one_worker(engine):
+    projectors = projectors_for(entities=ENTITIES)
+    assert leases.acquire_lease(engine, "entities", "a", 5)
+    assert not leases.acquire_lease(engine, "entities", "b", 5)
+    assert leases.acquire_lease(engine, "entities", "a", 5)  # renewal
+    leases.release_lease(engine, "entities", "a")
+    assert leases.acquire_lease(engine, "entities", "b", 5)
+    assert projectors

@@ -1,11 +1,8 @@
-"""Projection and pointer configuration: mistakes are config errors at load, not silence.
+"""Projection definitions: mistakes fail at load; pointers, Python modules, names, fingerprints."""
 
-A pointer with an escape RFC 6901 does not have, a projection over a source that
-is not configured, a Python projection whose `types` is a string or whose table has
-no primary key: each is one line naming the file and the key, exit 2. A module next
-to the config file imports without PYTHONPATH, and its code is part of the version's
-fingerprint, so `status` can tell when the workers run older code than the file.
-"""
+# Each mistake is one line naming the file and the key, exit 2. A module next to the config
+# file imports without PYTHONPATH, and its code is part of the version's fingerprint, so
+# `status` can tell when the workers run older code than the file.
 
 from __future__ import annotations
 
@@ -23,6 +20,7 @@ from ledger.errors import ConfigError
 from ledger.pointer import resolve
 from projections import versions
 from projections.adapters import load_adapters
+from projections.declarative import Definition
 from projections.status import status
 from projections.worker import Worker
 from tests.helpers import append, new_event
@@ -114,7 +112,7 @@ def test_a_projection_over_an_unconfigured_source_is_a_config_error(tmp_path):
     assert load(tmp_path, SOURCE + PROJECTION.replace('source = "app"\n', ""))
 
 
-# --- Python projections ----------------------------------------------------------------------
+# --- Python projections ---------------------------------------------------------------------
 
 MODULE = """
 from sqlalchemy import Column, Integer, Text
@@ -259,3 +257,55 @@ def test_shop_domain_is_a_shopify_key(tmp_path):
         load_config(str(path), {})
     path.write_text('[sources.sh]\nverifier = "shopify"\nsecret_env = "S"\nshop_domain = "a.b"\n')
     assert load_config(str(path), {}).sources["sh"].send_options == {"shop_domain": "a.b"}
+
+
+# --- declarative definitions: errors name the key, names, fingerprints ----------------------
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({}, "key: is required"),
+        ({"key": "id"}, "JSON Pointer"),
+        ({"key": ["/a/id", "/b/id"]}, "clashes"),
+        ({"key": "/id", "columns": {"id": "/x"}}, "clashes"),
+        ({"key": "/id", "columns": {"data": "/x"}}, "clashes"),
+        ({"key": "/id", "columns": {"n": {"path": "/n", "type": "float"}}}, "type"),
+        ({"key": "/id", "on_error": "ignore"}, "on_error"),
+        ({"key": "/id", "colums": {}}, "unknown key"),
+    ],
+)
+def test_definition_errors_name_the_key(raw, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        Definition.parse("p", raw, "hookledger.toml")
+    assert str(info.value).startswith("hookledger.toml: projections.p.")
+
+
+def test_fingerprint_follows_meaning_not_error_policy():
+    a = Definition.parse("p", {"key": "/id"}, "t")
+    b = Definition.parse("p", {"key": "/id", "on_error": "skip"}, "t")
+    c = Definition.parse("p", {"key": "/id", "object": "/data"}, "t")
+    assert a.fingerprint == b.fingerprint != c.fingerprint
+
+
+@pytest.mark.parametrize("name", ["nothing", "order", "user", "select"])
+def test_a_projection_named_like_an_sql_keyword_is_refused(name):
+    """The name is also a SQL view: a keyword would break its every statement."""
+    from ledger.config import Config
+    from projections.adapters import load_adapters
+
+    with pytest.raises(ConfigError, match="SQL keyword"):
+        load_adapters(Config(path="hookledger.toml", projections={name: {"key": "/id"}}))
+    assert load_adapters(Config(path="t", projections={"orders": {"key": "/id"}}))
+
+
+def test_a_projection_name_too_long_for_postgresql_is_refused():
+    """PostgreSQL cuts identifiers at 63 bytes: the tables of two versions of a long
+    name would be one table."""
+    from ledger.config import Config
+    from projections.adapters import MAX_NAME, load_adapters
+
+    with pytest.raises(ConfigError, match="at most"):
+        load_adapters(Config(path="t", projections={"a" * (MAX_NAME + 1): {"key": "/id"}}))
+    assert load_adapters(Config(path="t", projections={"a" * MAX_NAME: {"key": "/id"}}))
+    assert len(f"stage_p_{'a' * MAX_NAME}_v999999") <= 63
