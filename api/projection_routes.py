@@ -109,26 +109,6 @@ def _flag(request: Request, name: str) -> bool:
     return raw in ("true", "1")
 
 
-def _live(conn, name: str) -> reads.LiveView:
-    try:
-        return reads.live_view(conn, name)
-    except reads.NotBuilt:
-        _, building = versions.active(conn, name)
-        if building is not None and building.state == "failed":
-            raise ApiError(
-                503,
-                "projection_failed",
-                f"{name} has no live version: its first build halted ({building.last_error}); "
-                f"fix the cause, then `hookledger projections retry {name}`",
-            ) from None
-        raise ApiError(
-            503,
-            "projection_building",
-            f"{name} has no live version yet: its first build is running",
-            {"Retry-After": "2"},
-        ) from None
-
-
 def _row_doc(row: dict[str, Any]) -> dict[str, Any]:
     return {str(k): v for k, v in row.items()}
 
@@ -144,11 +124,8 @@ async def list_rows(request: Request) -> Response:
     cursor = request.query_params.get("cursor") or None
 
     def run(conn):
-        view = _live(conn, projector.name)
-        try:
-            rows, nxt = reads.select_rows(conn, view, filters, sort, limit, cursor, include_deleted)
-        except reads.QueryError as e:
-            raise params.bad(str(e)) from None
+        view = reads.live_view(conn, projector.name)  # NotBuilt, QueryError: answered as such
+        rows, nxt = reads.select_rows(conn, view, filters, sort, limit, cursor, include_deleted)
         return view, rows, nxt
 
     view, rows, nxt = await with_connection(request, run)
@@ -167,11 +144,8 @@ async def get_row(request: Request) -> Response:
     include_deleted = _flag(request, "include_deleted")
 
     def run(conn):
-        view = _live(conn, projector.name)
-        try:
-            return view, reads.get_row(conn, view, key)
-        except reads.QueryError as e:
-            raise params.bad(str(e)) from None
+        view = reads.live_view(conn, projector.name)
+        return view, reads.get_row(conn, view, key)
 
     view, row = await with_connection(request, run)
     if row is not None and row.get("deleted") and not include_deleted:
@@ -227,10 +201,7 @@ async def rebuild(request: Request) -> Response:
 
     def run():
         with translated():
-            try:
-                row, started = versions.request_rebuild(hl.engine, projector)
-            except versions.RebuildRefused as e:
-                raise ApiError(409, "rebuild_refused", str(e)) from None
+            row, started = versions.request_rebuild(hl.engine, projector)  # or RebuildRefused
             with hl.engine.connect() as conn:
                 head, _ = read_head(conn)
         return row, started, head
