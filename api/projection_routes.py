@@ -15,7 +15,7 @@ from api import params
 from api.audit import OrjsonResponse
 from api.auth import require
 from api.errors import ApiError
-from api.services import services_of, with_connection
+from api.services import projector_of, services_of, with_connection
 from ledger.db import translated
 from ledger.store import read_head
 from ledger.timefmt import iso_from_us
@@ -29,12 +29,8 @@ DEFAULT_WAIT_S = 5.0
 ROW_PARAMS = {"sort", "limit", "cursor", "include_deleted", "min_position", "wait"}
 
 
-def _projector(request: Request) -> Adapter:
-    name = request.path_params["name"]
-    projector = services_of(request).projectors.get(name)
-    if projector is None:
-        raise ApiError(404, "unknown_projection", f"no projection named {name!r} is configured")
-    return projector
+def _unknown(name: str) -> ApiError:
+    return ApiError(404, "unknown_projection", f"no projection named {name!r} is configured")
 
 
 async def list_projections(request: Request) -> Response:
@@ -48,7 +44,7 @@ async def list_projections(request: Request) -> Response:
 async def get_projection(request: Request) -> Response:
     require(request, "read")
     params.check_known(request, {"min_position", "wait"})
-    projector = _projector(request)
+    projector = projector_of(request, _unknown)
     await _wait_for(request, projector)
 
     def run(conn):
@@ -115,7 +111,7 @@ def _row_doc(row: dict[str, Any]) -> dict[str, Any]:
 
 async def list_rows(request: Request) -> Response:
     require(request, "read")
-    projector = _projector(request)
+    projector = projector_of(request, _unknown)
     await _wait_for(request, projector)
     limit = params.limit(request)
     include_deleted = _flag(request, "include_deleted")
@@ -138,7 +134,7 @@ async def list_rows(request: Request) -> Response:
 async def get_row(request: Request) -> Response:
     require(request, "read")
     params.check_known(request, {"min_position", "wait", "include_deleted"})
-    projector = _projector(request)
+    projector = projector_of(request, _unknown)
     await _wait_for(request, projector)
     key = request.path_params["key"]
     include_deleted = _flag(request, "include_deleted")
@@ -163,7 +159,7 @@ async def get_row(request: Request) -> Response:
 async def list_errors(request: Request) -> Response:
     require(request, "read")
     params.check_known(request, {"limit", "cursor"})
-    projector = _projector(request)
+    projector = projector_of(request, _unknown)
     limit = params.limit(request)
     before = params.integer(request, "cursor", None, 1, params.MAX_INT)
     e = projection_errors.c
@@ -196,7 +192,7 @@ async def list_errors(request: Request) -> Response:
 async def rebuild(request: Request) -> Response:
     require(request, "admin")
     params.check_known(request, set())
-    projector = _projector(request)
+    projector = projector_of(request, _unknown)
     hl = services_of(request)
 
     def run():
@@ -217,7 +213,7 @@ async def rebuild(request: Request) -> Response:
 async def retry(request: Request) -> Response:
     require(request, "admin")
     params.check_known(request, set())
-    projector = _projector(request)
+    projector = projector_of(request, _unknown)
     hl = services_of(request)
     resumed = await run_in_threadpool(failures.retry, hl.engine, projector.name)
     if hl.worker is not None:
