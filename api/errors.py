@@ -1,7 +1,7 @@
 """One error shape for the whole API: {"error": code, "detail": sentence}.
 
 Every failure is answered from the exception tree (`ledger.errors`): a HookledgerError
-by its class's status, code and headers, with its message as the detail (`answer`).
+by its class's status, code and headers, with its message as the detail (`answer_for`).
 Database errors are classified by `ledger.db.storage_error` wherever they surface, so a
 route that reaches the database without `translated()` answers exactly as one that uses it.
 """

@@ -2,7 +2,7 @@
 
 Every class carries its answer as class attributes: `status` (HTTP), `code` (the
 `error` of the JSON body), `headers` (e.g. Retry-After) and `exit_code` (CLI). The
-API, the ingest path, the console and the CLI read them here (`api.errors.answer`,
+API, the ingest path, the console and the CLI read them here (`api.errors.answer_for`,
 `ledger.command_line.print_error`) instead of keeping tables of their own.
 
     HookledgerError                  500 internal_error  base of everything we raise on purpose
@@ -19,7 +19,8 @@ API, the ingest path, the console and the CLI read them here (`api.errors.answer
     ├── ordering.VersionError        500 internal_error  versions of different kinds (also a ValueError)
     ├── reads.QueryError             400 bad_request     a rows query to refuse (also a ValueError)
     ├── reads.NotBuilt               503 projection_building  no live version yet (Retry-After;
-    │   └── reads.BuildFailed        503 projection_failed    also a LookupError) / its first build halted
+    │   │                                                    also a LookupError)
+    │   └── reads.BuildFailed        503 projection_failed   none: its first build halted
     ├── versions.RebuildRefused      409 rebuild_refused  a rebuild cannot be faithful (erased bodies)
     │   api/
     ├── errors.ApiError              status and code given per instance (with headers)
