@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 from api import audit, console, projection_routes
 from api.access_log import AccessLines, AccessLog
 from api.deadlines import BodyDeadlines
-from api.errors import HANDLERS, error_response
+from api.errors import HANDLERS, NotReady, error_response
 from api.guard import Guard, HostCheck
 from api.handover import received
 from api.ingest import Ingest, hooks_source
@@ -68,11 +68,10 @@ async def readyz(request: Request) -> Response:
     try:
         current = await run_in_threadpool(migrate.is_current, engine)
     except (StorageUnavailable, NotMigrated) as e:  # a refused statement is a bug: 500
-        return error_response(503, "not_ready", str(e), {"Retry-After": "2"})
-    if not current:
-        return error_response(
-            503, "not_migrated", "the database is not migrated: run `hookledger migrate`"
-        )
+        raise NotReady(str(e)) from None
+    if not current:  # no Retry-After: waiting will not migrate it
+        behind = NotMigrated("the database is not migrated: run `hookledger migrate`")
+        return error_response(behind.status, behind.code, str(behind))
     return JSONResponse({"status": "ready"})
 
 

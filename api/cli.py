@@ -16,10 +16,9 @@ from collections.abc import Sequence
 
 from api import serve_command
 from ledger import audit_commands, log_commands
-from ledger.command_line import CommandFn, dispose_engines
+from ledger.command_line import CommandFn, dispose_engines, print_error
 from ledger.config import load_config
-from ledger.errors import ConfigError, HookledgerError
-from ledger.terminal import err
+from ledger.errors import HookledgerError
 from projections import commands as projection_commands
 
 COMMAND_MODULES = (log_commands, audit_commands, projection_commands, serve_command)
@@ -63,12 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(getattr(args, "config", None))
         return args.fn(args, config)
-    except ConfigError as e:
-        err.print(f"hookledger: {e}", style="red")  # as text: messages quote user input
-        return 2
-    except HookledgerError as e:
-        err.print(f"hookledger: {e}", style="red")
-        return 1
+    except HookledgerError as e:  # ConfigError exits 2, the others 1
+        print_error(e)
+        return e.exit_code
     except KeyboardInterrupt:
         return 130
     finally:

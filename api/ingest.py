@@ -13,8 +13,8 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from api.deadlines import BodyDeadlines
-from api.errors import STORAGE_ERRORS, ApiError, storage_answer
-from ledger.errors import HookledgerError
+from api.errors import STORAGE_ERRORS, ApiError, answer_for
+from ledger.errors import INTERNAL, HookledgerError
 from ledger.intake import Received, decide, slack_challenge, unconfigured
 from ledger.recorder import NewEvent, Rejection
 
@@ -121,7 +121,7 @@ Answer = tuple[int, bytes, list[tuple[bytes, bytes]], str]
 JSON = (b"content-type", b"application/json")
 
 
-def _answer(body: bytes, extra: dict[str, str] | None = None) -> list:
+def _answer(body: bytes, extra: Mapping[str, str] | None = None) -> list:
     headers = [JSON, (b"content-length", b"%d" % len(body))]
     if extra:
         headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
@@ -185,17 +185,15 @@ async def answer(
         result = await _ingest(hl, scope, receive, name)
         outcome = result[3]
         return result
-    except ApiError as e:
-        outcome = e.code
-        return (*error_answer(e.status, e.code, e.detail, e.headers), e.code)
-    except STORAGE_ERRORS as e:
-        status, code, detail, headers = storage_answer(e, f"ingest for {name!r}")
-        outcome = "unavailable" if status == 503 else "error"
+    except Exception as e:
+        status, code, detail, headers = answer_for(e, f"ingest for {name!r}")
+        if isinstance(e, STORAGE_ERRORS):  # storage_answer logged it if it is a bug
+            outcome = "unavailable" if status == 503 else "error"
+        elif code != INTERNAL:
+            outcome = code
+        else:
+            log.exception("unexpected error while ingesting a delivery for %r", name)
         return (*error_answer(status, code, detail, headers), outcome)
-    except Exception:
-        log.exception("unexpected error while ingesting a delivery for %r", name)
-        detail = "an unexpected error occurred; see the server log"
-        return (*error_answer(500, "internal_error", detail), outcome)
     finally:
         stored = outcome in ("accepted", "duplicate")
         hl.metrics.delivered(label, outcome, time.perf_counter() - started if stored else None)

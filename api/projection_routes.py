@@ -15,7 +15,7 @@ from api import params
 from api.audit import OrjsonResponse
 from api.auth import require
 from api.errors import ApiError
-from api.services import services_of, with_connection
+from api.services import projector_of, services_of, with_connection
 from ledger.recorder import read_head, translated
 from ledger.timefmt import iso_from_us
 from projections import failures, reads, versions
@@ -28,12 +28,8 @@ DEFAULT_WAIT_S = 5.0
 ROW_PARAMS = {"sort", "limit", "cursor", "include_deleted", "min_position", "wait"}
 
 
-def _projector(request: Request) -> Adapter:
-    name = request.path_params["name"]
-    projector = services_of(request).projectors.get(name)
-    if projector is None:
-        raise ApiError(404, "unknown_projection", f"no projection named {name!r} is configured")
-    return projector
+def _unknown(name: str) -> ApiError:
+    return ApiError(404, "unknown_projection", f"no projection named {name!r} is configured")
 
 
 async def list_projections(request: Request) -> Response:
@@ -47,7 +43,7 @@ async def list_projections(request: Request) -> Response:
 async def get_projection(request: Request) -> Response:
     require(request, "read")
     params.check_known(request, {"min_position", "wait"})
-    projector = _projector(request)
+    projector = projector_of(request, _unknown)
     await _wait_for(request, projector)
 
     def run(conn):
@@ -108,33 +104,13 @@ def _flag(request: Request, name: str) -> bool:
     return raw in ("true", "1")
 
 
-def _live(conn, name: str) -> reads.LiveView:
-    try:
-        return reads.live_view(conn, name)
-    except reads.NotBuilt:
-        _, building = versions.active(conn, name)
-        if building is not None and building.state == "failed":
-            raise ApiError(
-                503,
-                "projection_failed",
-                f"{name} has no live version: its first build halted ({building.last_error}); "
-                f"fix the cause, then `hookledger projections retry {name}`",
-            ) from None
-        raise ApiError(
-            503,
-            "projection_building",
-            f"{name} has no live version yet: its first build is running",
-            {"Retry-After": "2"},
-        ) from None
-
-
 def _row_doc(row: dict[str, Any]) -> dict[str, Any]:
     return {str(k): v for k, v in row.items()}
 
 
 async def list_rows(request: Request) -> Response:
     require(request, "read")
-    projector = _projector(request)
+    projector = projector_of(request, _unknown)
     await _wait_for(request, projector)
     limit = params.limit(request)
     include_deleted = _flag(request, "include_deleted")
@@ -143,11 +119,8 @@ async def list_rows(request: Request) -> Response:
     cursor = request.query_params.get("cursor") or None
 
     def run(conn):
-        view = _live(conn, projector.name)
-        try:
-            rows, nxt = reads.select_rows(conn, view, filters, sort, limit, cursor, include_deleted)
-        except reads.QueryError as e:
-            raise params.bad(str(e)) from None
+        view = reads.live_view(conn, projector.name)  # NotBuilt, QueryError: answered as such
+        rows, nxt = reads.select_rows(conn, view, filters, sort, limit, cursor, include_deleted)
         return view, rows, nxt
 
     view, rows, nxt = await with_connection(request, run)
@@ -160,17 +133,14 @@ async def list_rows(request: Request) -> Response:
 async def get_row(request: Request) -> Response:
     require(request, "read")
     params.check_known(request, {"min_position", "wait", "include_deleted"})
-    projector = _projector(request)
+    projector = projector_of(request, _unknown)
     await _wait_for(request, projector)
     key = request.path_params["key"]
     include_deleted = _flag(request, "include_deleted")
 
     def run(conn):
-        view = _live(conn, projector.name)
-        try:
-            return view, reads.get_row(conn, view, key)
-        except reads.QueryError as e:
-            raise params.bad(str(e)) from None
+        view = reads.live_view(conn, projector.name)
+        return view, reads.get_row(conn, view, key)
 
     view, row = await with_connection(request, run)
     if row is not None and row.get("deleted") and not include_deleted:
@@ -188,7 +158,7 @@ async def get_row(request: Request) -> Response:
 async def list_errors(request: Request) -> Response:
     require(request, "read")
     params.check_known(request, {"limit", "cursor"})
-    projector = _projector(request)
+    projector = projector_of(request, _unknown)
     limit = params.limit(request)
     before = params.integer(request, "cursor", None, 1, params.MAX_INT)
     e = projection_errors.c
@@ -221,15 +191,12 @@ async def list_errors(request: Request) -> Response:
 async def rebuild(request: Request) -> Response:
     require(request, "admin")
     params.check_known(request, set())
-    projector = _projector(request)
+    projector = projector_of(request, _unknown)
     hl = services_of(request)
 
     def run():
         with translated():
-            try:
-                row, started = versions.request_rebuild(hl.engine, projector)
-            except versions.RebuildRefused as e:
-                raise ApiError(409, "rebuild_refused", str(e)) from None
+            row, started = versions.request_rebuild(hl.engine, projector)  # or RebuildRefused
             with hl.engine.connect() as conn:
                 head, _ = read_head(conn)
         return row, started, head
@@ -245,7 +212,7 @@ async def rebuild(request: Request) -> Response:
 async def retry(request: Request) -> Response:
     require(request, "admin")
     params.check_known(request, set())
-    projector = _projector(request)
+    projector = projector_of(request, _unknown)
     hl = services_of(request)
     resumed = await run_in_threadpool(failures.retry, hl.engine, projector.name)
     if hl.worker is not None:

@@ -73,6 +73,16 @@ def services_of(request: HTTPConnection) -> Services:
     return hl
 
 
+def projector_of(request: HTTPConnection, unknown: Callable[[str], Exception]) -> Adapter:
+    """The configured projection the path's `{name}` names; else `unknown(name)` is raised,
+    the caller's own answer (a JSON 404 for the API, an error page for the console)."""
+    name = request.path_params["name"]
+    projector = services_of(request).projectors.get(name)
+    if projector is None:
+        raise unknown(name)
+    return projector
+
+
 async def with_connection(
     request: HTTPConnection,
     fn: Callable[Concatenate[Connection, P], T],

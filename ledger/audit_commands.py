@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import sys
 
-from ledger.command_line import AddCommand, open_engine, positive_int
+from ledger.command_line import AddCommand, open_engine, positive_int, print_error
 from ledger.config import Config
 from ledger.errors import ConfigError, HookledgerError
 from ledger.terminal import err, out, text, visible
@@ -66,11 +66,11 @@ def _event_show(args: argparse.Namespace, config: Config) -> int:
     with translated(), engine.connect() as conn:
         row = get_event(conn, args.position)
     if row is None:
-        err.print(f"no event at position {args.position}", style="red")
+        print_error(f"no event at position {args.position}", prefix="")
         return 1
     if args.raw:
         if row.body is None:
-            err.print(f"the body of position {args.position} was erased", style="red")
+            print_error(f"the body of position {args.position} was erased", prefix="")
             return 1
         sys.stdout.buffer.write(row.body)
         sys.stdout.buffer.flush()

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ledger.config import Config
-from ledger.terminal import err
+from ledger.terminal import err, visible
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -32,6 +32,13 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def print_error(message: object, prefix: str = "hookledger: ") -> None:
+    """How every command reports a failure: one red line on standard error, `prefix`
+    then `message` with its control characters (line breaks too) shown as escapes,
+    since messages quote config values, paths and what the database or a sender said."""
+    err.print(prefix + visible(message), style="red")
 
 
 def progress() -> Progress:

@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from ledger.command_line import AddCommand, open_engine, positive_int, progress
+from ledger.command_line import AddCommand, open_engine, positive_int, print_error, progress
 from ledger.config import Config
 from ledger.errors import ConfigError, HookledgerError
 from ledger.terminal import err, out  # text consoles: wire values are never markup
@@ -69,11 +69,10 @@ def cmd_verify(args: argparse.Namespace, config: Config) -> int:
         erased = f", {result['erased']} erased bodies" if result.get("erased") else ""
         out.print(f"chain intact: {result['checked']} events checked{erased}")
         return 0
-    err.print(
+    print_error(
         f"chain broken at position {result['first_bad_position']}: {result['reason']}"
         f" ({intact_before(result['checked'], job.start)})",
-        style="red",
-        markup=False,
+        prefix="",
     )
     return 1
 

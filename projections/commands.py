@@ -8,7 +8,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from ledger.command_line import AddCommand, open_engine
+from ledger.command_line import AddCommand, open_engine, print_error
 from ledger.config import Config
 from ledger.errors import ConfigError
 from ledger.terminal import err, out, text
@@ -159,9 +159,9 @@ def _follow(engine, projector: Adapter, version: int) -> int:
                     head, _ = read_head(conn)
                 row = rows.get(version)
                 if row is None or row.status == "abandoned":
-                    err.print(
+                    print_error(
                         f"{projector.name}: version {version} was replaced by a newer build",
-                        style="red",
+                        prefix="",
                     )
                     return 1
                 elapsed = max(time.time() - row.build_started_at_us / 1e6, 1e-3)
@@ -169,7 +169,7 @@ def _follow(engine, projector: Adapter, version: int) -> int:
                     task, completed=row.position, total=max(head, 1), rate=row.position / elapsed
                 )
                 if row.state == "failed":
-                    err.print(f"{projector.name}: rebuild halted: {row.last_error}", style="red")
+                    print_error(f"{projector.name}: rebuild halted: {row.last_error}", prefix="")
                     return 1
                 if row.status in ("live", "retired"):
                     break

@@ -7,6 +7,8 @@ from typing import Any
 
 import orjson
 
+from ledger.errors import HookledgerError
+
 NOT_JSON = object()
 
 
@@ -35,5 +37,5 @@ class Event:
         return self._doc
 
 
-class HandlerError(Exception):
-    """An event a projection cannot apply; recorded in projection_errors."""
+class HandlerError(HookledgerError):
+    """An event a projection cannot apply; recorded in projection_errors, never answered."""

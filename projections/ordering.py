@@ -12,14 +12,16 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from ledger.errors import HookledgerError
 from ledger.timefmt import us_from_iso
 
 _NUMBER = re.compile(r"-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?")
 _INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 
 
-class VersionError(ValueError):
-    """A version that cannot be ordered against the row's."""
+class VersionError(HookledgerError, ValueError):
+    """A version that cannot be ordered against the row's (a HandlerError by the time it is
+    recorded; a ValueError as before, for callers that catch that)."""
 
 
 def version_text(value: Any) -> str:

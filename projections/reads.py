@@ -33,15 +33,27 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import NoSuchTableError
 
+from ledger.errors import RETRY, HookledgerError
 from projections import versions
 
 
-class QueryError(ValueError):
+class QueryError(HookledgerError, ValueError):
     """A request the rows API must refuse with 400; the message says why."""
 
+    status, code = 400, "bad_request"
 
-class NotBuilt(LookupError):
-    """The projection has no live version yet."""
+
+class NotBuilt(HookledgerError, LookupError):
+    """The projection has no live version yet: its first build is running."""
+
+    status, code = 503, "projection_building"
+    headers: Mapping[str, str] | None = RETRY
+
+
+class BuildFailed(NotBuilt):
+    """The projection has no live version: its first build halted (no use retrying soon)."""
+
+    status, code, headers = 503, "projection_failed", None
 
 
 @dataclass(frozen=True)
@@ -59,6 +71,17 @@ class LiveView:
         return "deleted" in self.table.c
 
 
+def _not_built(conn: Connection, name: str) -> NotBuilt:
+    """Why `name` has no live version: its first build halted, or it is still running."""
+    _, building = versions.active(conn, name)
+    if building is not None and building.state == "failed":
+        return BuildFailed(
+            f"{name} has no live version: its first build halted ({building.last_error}); "
+            f"fix the cause, then `hookledger projections retry {name}`"
+        )
+    return NotBuilt(f"{name} has no live version yet: its first build is running")
+
+
 def live_view(conn: Connection, name: str) -> LiveView:
     """Reflect the live version (its columns may predate the current definition)."""
     # On PostgreSQL each statement sees the commits made before it, so a swap may drop the
@@ -67,7 +90,7 @@ def live_view(conn: Connection, name: str) -> LiveView:
     # same version after the reflection, the reflection saw the whole table.
     live, _ = versions.active(conn, name)
     if live is None:
-        raise NotBuilt(name)
+        raise _not_built(conn, name)
     cached = _LAYOUTS.get(_layout_key(conn, live))
     if cached is not None:  # a version's columns never change: reflect each version once
         view, keys = cached
@@ -75,14 +98,14 @@ def live_view(conn: Connection, name: str) -> LiveView:
     for _ in range(5):
         live, _ = versions.active(conn, name)
         if live is None:
-            raise NotBuilt(name)
+            raise _not_built(conn, name)
         with contextlib.suppress(NoSuchTableError):
             physical = Table(live.table_name, MetaData(), autoload_with=conn)
             again, _ = versions.active(conn, name)
             if again is not None and again.version == live.version:
                 break
     else:
-        raise NotBuilt(name)  # swapping again and again: the caller answers "retry"
+        raise _not_built(conn, name)  # swapping again and again: the caller answers "retry"
     view = Table(
         name,
         MetaData(),

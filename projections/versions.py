@@ -61,6 +61,8 @@ def active_of(rows: Sequence[Row]) -> tuple[Row | None, Row | None]:
 class RebuildRefused(HookledgerError):
     """Raised when a projection cannot be rebuilt faithfully (its events' bodies were erased)."""
 
+    status, code = 409, "rebuild_refused"
+
 
 def erased_inputs(conn: Connection, projector: Adapter) -> tuple[int, int | None, int | None]:
     """How many events this projection reads have erased bodies (count, first, last).

@@ -10,6 +10,7 @@ from sqlalchemy import Column, Connection, Engine, Integer, MetaData, Table
 
 from api.cli import main
 from ledger.chain import canonical_headers
+from ledger.command_line import print_error
 from ledger.config import load_config
 from ledger.terminal import visible
 from projections import leases
@@ -177,3 +178,15 @@ def test_status_prints_a_projection_error_as_text(tmp_path, engine, capsys):
     shown = capsys.readouterr().out
     assert_as_text(shown)
     assert f"refused {CLOSE}" in shown
+
+
+def test_every_error_is_one_line_of_text(tmp_path, capsys):
+    # A path with markup, an ESC sequence and a line break, quoted by a ConfigError.
+    name = f"[bold]{RED}x\ny.toml"
+    (tmp_path / name).write_text("this is = = not toml")
+    assert main(["status", "--config", str(tmp_path / name)]) == 2
+    shown = capsys.readouterr().err
+    assert shown.startswith("hookledger: ") and shown.count("\n") == 1, repr(shown)
+    assert f"[bold]{SHOWN_RED}x\\ny.toml" in shown and "\x1b" not in shown
+    print_error(f"halted: {RED}\tbad{LINK}", prefix="")
+    assert capsys.readouterr().err == f"halted: {SHOWN_RED}\\tbad{LINK}\n"

@@ -325,7 +325,8 @@ def test_errors_under_ui_are_pages_and_the_api_keeps_json(make_client):
         r = client.get(path)
         assert r.status_code == status and r.headers["content-type"].startswith("text/html")
         assert "<h1>Not found</h1>" in r.text
-    assert client.get("/ui/projections/nope").status_code == 404
+    r = client.get("/ui/projections/nope")
+    assert r.status_code == 404 and "No projection named &#39;nope&#39; is configured." in r.text
     assert client.get("/v1/nowhere").json()["error"] == "not_found"
     assert client.get("/v1/events/99").json()["error"] == "not_found"
     assert client.get("/ui", follow_redirects=False).headers["location"].endswith("/ui/")

@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 
 from api.console.session import ConsoleError, checked_form, require
 from api.console.templating import SECURITY_HEADERS, redirect, render
-from api.services import services_of, with_connection
+from api.services import projector_of, services_of, with_connection
 from ledger.recorder import read_head, translated
 from projections import reads, versions
 from projections.adapters import Adapter
@@ -26,12 +26,8 @@ ROW_PAGE = 50
 ERRORS_SHOWN = 50
 
 
-def _projector(request: Request) -> Adapter:
-    name = request.path_params["name"]
-    projector = services_of(request).projectors.get(name)
-    if projector is None:
-        raise ConsoleError(404, "Not found", f"No projection named {name!r} is configured.")
-    return projector
+def _unknown(name: str) -> ConsoleError:
+    return ConsoleError(404, "Not found", f"No projection named {name!r} is configured.")
 
 
 async def _entries(request: Request) -> list[dict[str, Any]]:
@@ -102,7 +98,7 @@ def _rows_page(conn: Connection, projector: Adapter, params: dict[str, str]) -> 
 
 async def detail(request: Request) -> Response:
     require(request, "read")
-    projector = _projector(request)
+    projector = projector_of(request, _unknown)
     params = dict(request.query_params)
     e = projection_errors.c
 
@@ -140,7 +136,7 @@ async def detail(request: Request) -> Response:
 async def rebuild(request: Request) -> Response:
     """Start a rebuild (admin), then show the page it came from with the progress bar."""
     _, form = await checked_form(request, "admin")
-    projector = _projector(request)
+    projector = projector_of(request, _unknown)
     hl = services_of(request)
 
     def start():

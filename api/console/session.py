@@ -30,6 +30,7 @@ from starlette.responses import Response
 from api.auth import match_token, presented_token
 from api.services import services_of
 from ledger.config import Token
+from ledger.errors import HookledgerError
 from ledger.recorder import translated, writer
 from ledger.recorder.schema import console_sessions
 
@@ -41,12 +42,13 @@ OPEN_SCOPES = frozenset({"read", "admin"})
 _SID = re.compile(r"^[A-Za-z0-9_-]{32}$")
 
 
-class ConsoleError(Exception):
-    """An error page: HTTP status, a short title and a sentence."""
+class ConsoleError(HookledgerError):
+    """An error page: HTTP status, a short title and a sentence (its code is the title's)."""
 
     def __init__(self, status: int, title: str, detail: str) -> None:
         super().__init__(detail)
         self.status, self.title, self.detail = status, title, detail
+        self.code = title.lower().replace(" ", "_")
 
 
 class SignInRequired(Exception):

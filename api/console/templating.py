@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from api.console import session
-from api.errors import STORAGE_ERRORS, ApiError, storage_answer
+from api.errors import STORAGE_ERRORS, ApiError, answer_for
 from ledger.timefmt import iso_from_us
 
 log = logging.getLogger("hookledger.console")
@@ -130,21 +130,11 @@ def error_page(
     return render(request, "error.html", {"title": title, "detail": detail}, status, headers)
 
 
-async def on_console_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, session.ConsoleError)
-    return error_page(request, exc.status, exc.title, exc.detail)
-
-
 async def on_sign_in_required(request: Request, exc: Exception) -> Response:
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     if request.method != "GET":
         target = base(request) + "/"
     return redirect(request, "/login", next=target)
-
-
-async def on_api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return error_page(request, exc.status, exc.code.replace("_", " ").capitalize(), exc.detail)
 
 
 async def on_http_exception(request: Request, exc: Exception) -> Response:
@@ -154,11 +144,18 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
     return error_page(request, exc.status_code, "Cannot do that", str(exc.detail), exc.headers)
 
 
-async def on_storage(request: Request, exc: Exception) -> Response:
-    status, _, detail, headers = storage_answer(exc, f"console page {request.url.path}")
-    titles = {503: "Database unavailable", 400: "Cannot do that"}
-    title = titles.get(status, "Something went wrong")
-    return error_page(request, status, title, detail, headers)
+_TITLES = {503: "Database unavailable", 400: "Cannot do that"}  # of the database's answers
+
+
+async def on_error(request: Request, exc: Exception) -> Response:
+    """The page for an error the tree answers (`api.errors.answer_for`), titled by the
+    ConsoleError itself, by an ApiError's code, or by the database answer's status."""
+    status, code, detail, headers = answer_for(exc, f"console page {request.url.path}")
+    if isinstance(exc, session.ConsoleError):
+        return error_page(request, status, exc.title, detail)
+    if isinstance(exc, ApiError):
+        return error_page(request, status, code.replace("_", " ").capitalize(), detail)
+    return error_page(request, status, _TITLES.get(status, "Something went wrong"), detail, headers)
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:
@@ -174,10 +171,9 @@ async def not_found(request: Request) -> Response:
 
 
 HANDLERS = {
-    session.ConsoleError: on_console_error,
     session.SignInRequired: on_sign_in_required,
-    ApiError: on_api_error,
     HTTPException: on_http_exception,
-    **dict.fromkeys(STORAGE_ERRORS, on_storage),
+    # Only these answer with their own status here; any other error is an unexpected 500.
+    **dict.fromkeys((session.ConsoleError, ApiError, *STORAGE_ERRORS), on_error),
     Exception: on_unexpected,
 }
