@@ -423,3 +423,29 @@ def test_a_load_sets_the_head_and_the_counts(engine, tmp_path):
 def read_head_of(engine):
     with engine.connect() as conn:
         return read_head(conn)
+
+
+def test_every_verb_answers_in_our_errors_never_the_drivers(db_url):
+    """A database without the ledger's tables: each kind of verb (SQLAlchemy Core, a
+    raw driver cursor in a backend's own code, a generator) says NotMigrated."""
+    from ledger.errors import NotMigrated
+    from ledger.recorder import Erasable, LogFilter, recorder_for
+
+    bare = make_engine(db_url)  # not migrated
+    log = recorder_for(bare)
+    calls = [
+        lambda conn: log.get(conn, 1),
+        lambda conn: log.list_events(conn, LogFilter()),
+        lambda conn: log.fold_rows(conn, 0, 10, None, None),
+        lambda conn: log.erased_summary(conn, Erasable()),
+        lambda conn: list(log.first_ids_before(conn, 5, {"a": {"x"}})),
+        lambda conn: log.append_batch(conn, [new_event(b"{}")]),
+    ]
+    try:
+        for call in calls:
+            with writer(bare.connect()) as conn, pytest.raises(NotMigrated, match="migrate"):
+                call(conn)
+        with pytest.raises(NotMigrated):
+            next(log.iter_events(bare))
+    finally:
+        bare.dispose()

@@ -16,10 +16,10 @@
 Each verb is a method of `Recorder`; `recorder_for(conn)` gives the backend's one,
 which holds every difference between SQLite and PostgreSQL (markers, the head lock,
 pipelines, NOTIFY, how lookups are planned; `ledger.recorder.failures` their error
-texts). No module outside this package names a backend. The functions below are
-the verbs as most callers use them: they pick the backend and translate driver
-errors (`translated`), so an outage is StorageUnavailable and a wrong statement is
-StatementFailed wherever it happens.
+texts). No module outside this package names a backend. Every verb translates
+driver errors itself (`translated`), so an outage is StorageUnavailable and a wrong
+statement StatementFailed wherever it happens. The functions below are the verbs
+as most callers use them, with the backend picked for them.
 """
 
 from __future__ import annotations
@@ -87,33 +87,28 @@ def recorder_for(bind: Connection | Engine) -> Recorder:
 
 def append_batch(conn: Connection, batch: Sequence[NewEvent]) -> list[Appended]:
     """Append `batch` in order, chaining each row; the caller owns the transaction."""
-    with translated():
-        return _BACKENDS[conn.dialect.name].append_batch(conn, batch)
+    return _BACKENDS[conn.dialect.name].append_batch(conn, batch)
 
 
 def read_head(conn: Connection, lock: bool = False) -> tuple[int, str]:
     """The last position and its hash (0 and 64 zeros for an empty log)."""
-    with translated():
-        return _BACKENDS[conn.dialect.name].read_head(conn, lock)
+    return _BACKENDS[conn.dialect.name].read_head(conn, lock)
 
 
 def read_source_counts(conn: Connection) -> dict[str, int]:
     """Number of events per source, as kept by every writer (no scan of the log)."""
-    with translated():
-        return recorder_for(conn).source_counts(conn)
+    return recorder_for(conn).source_counts(conn)
 
 
 def add_source_counts(conn: Connection, counts: dict[str, int]) -> None:
     """Add `counts` (events per source) to `source_counts` (writers other than
     `append_batch`, which adds its own)."""
-    with translated():
-        recorder_for(conn).add_source_counts(conn, counts)
+    recorder_for(conn).add_source_counts(conn, counts)
 
 
 def get_event(conn: Connection, position: int) -> Row | None:
     """One event with every column, or None."""
-    with translated():
-        return recorder_for(conn).get(conn, position)
+    return recorder_for(conn).get(conn, position)
 
 
 def list_events(
@@ -128,8 +123,7 @@ def list_events(
 ) -> list[Row]:
     """Event metadata in position order after `after`, filtered."""
     where = LogFilter(source=source, event_type=event_type, since_us=since_us, until_us=until_us)
-    with translated():
-        return recorder_for(conn).list_events(conn, where, after, limit)
+    return recorder_for(conn).list_events(conn, where, after, limit)
 
 
 def iter_events(
@@ -137,5 +131,4 @@ def iter_events(
 ) -> Iterator[Row]:
     """Every column of every event from `start` to `stop` (inclusive), `chunk` rows
     at a time: memory is bounded whatever the size of the log."""
-    with translated():
-        yield from recorder_for(engine).iter_events(engine, start, stop, chunk)
+    yield from recorder_for(engine).iter_events(engine, start, stop, chunk)

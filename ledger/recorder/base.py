@@ -18,6 +18,7 @@ reads it instead of counting the log.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -37,6 +38,7 @@ from sqlalchemy import (
 
 from ledger import chain
 from ledger.recorder import body_firsts
+from ledger.recorder.failures import translated
 from ledger.recorder.records import Appended, LogFilter, NewEvent
 from ledger.recorder.schema import events, ledger_head, source_counts
 
@@ -98,7 +100,15 @@ class Head:
 
 
 class Recorder:
-    """The one way into `events` and its side tables, for one backend."""
+    """The one way into `events` and its side tables, for one backend.
+
+    Every verb (VERBS) translates driver errors itself (`translated`), in a backend's
+    overrides too: a caller never sees a driver's exception, only StorageUnavailable
+    (retry), NotMigrated, StatementFailed or ValueRefused (wrong)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _translate_verbs(cls)
 
     name: str  # the SQLAlchemy dialect's name
     mark: str  # the driver's bound-parameter marker
@@ -408,6 +418,59 @@ class Recorder:
         """A thread (not started) calling `wake` when another process appends, or None
         where only polling (and the in-process signal) can tell."""
         return None
+
+
+VERBS = (
+    "read_head",
+    "source_counts",
+    "add_source_counts",
+    "append_batch",
+    "get",
+    "hash_at",
+    "list_events",
+    "list_newest",
+    "iter_events",
+    "deliveries",
+    "minute_counts",
+    "fold_rows",
+    "first_ids_before",
+    "mark_rows",
+    "erased_summary",
+    "erase_chunk",
+    "erased_positions",
+    "load_rows",
+    "finish_load",
+    "delete_some",
+)
+
+
+def _translate_verbs(cls: type) -> None:
+    """Wrap the verbs `cls` defines itself in `translated()` (generators as they run)."""
+    for name in VERBS:
+        fn = cls.__dict__.get(name)
+        if fn is not None:
+            setattr(cls, name, _translating(fn))
+
+
+def _translating(fn: Callable[..., Any]) -> Callable[..., Any]:
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def generate(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            with translated():
+                yield from fn(*args, **kwargs)
+
+        return generate
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with translated():
+            return fn(*args, **kwargs)
+
+    return run
+
+
+_translate_verbs(Recorder)
 
 
 @dataclass(frozen=True)
