@@ -29,7 +29,7 @@ import orjson
 from sqlalchemy import Connection, text
 
 from ledger import chain, migrate
-from ledger.config import Config
+from ledger.config import Config, SourceConfig
 from ledger.recorder import body_firsts, make_engine, writer
 from ledger.recorder.schema import events, ledger_head
 
@@ -227,7 +227,9 @@ def hookledger_rebuild(url: str) -> dict:
     from projections.worker import Worker
 
     engine = make_engine(url)
-    projectors = load_adapters(Config(path="bench", projections={"entities": PROJECTION}))
+    sources = {"app": SourceConfig("app", "none")}  # the events `generate` wrote
+    config = Config(path="bench", sources=sources, projections={"entities": PROJECTION})
+    projectors = load_adapters(config)
     started = time.perf_counter()
     worker = Worker(engine, projectors, owner="bench")
     while worker.run_once():

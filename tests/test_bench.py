@@ -85,12 +85,14 @@ def test_parse_raw_profile_counts_own_total_and_python_frames_per_thread():
 
 def test_the_rebuild_ceiling_writes_what_the_hand_loop_writes(db_url, monkeypatch):
     # 2,000 events over 300 keys, all in one chunk: each key changes six or seven times,
-    # and the last change of each must win on both sides.
+    # and the last change of each must win on both sides, and in hookledger's rebuild.
     monkeypatch.setattr(rebuild, "KEYS", 300)
     rebuild.generate(db_url, 2_000)
     hand = rebuild.hand_loop(db_url)
     ceiling = rebuild.set_based(db_url)
-    assert hand["events"] == ceiling["events"] == 2_000
+    engine_run = rebuild.hookledger_rebuild(db_url)
+    assert hand["events"] == ceiling["events"] == engine_run["events"] == 2_000
+    assert engine_run["rows"] == 300
     engine = make_engine(db_url)
     try:
         with engine.connect() as conn:
