@@ -56,8 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # Alembic announces each of its plugins at INFO on import: noise on every command.
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    # Alembic announces each of its plugins at INFO on import, and its migration context
+    # ("Context impl SQLiteImpl.") on every upgrade: noise beside our own one line.
+    for name in ("alembic.runtime.plugins", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     try:
         config = load_config(getattr(args, "config", None))

@@ -247,6 +247,17 @@ def test_migrate_is_safe_to_repeat(tmp_path, db_url, capsys):
     assert main(["verify", "--config", cfg]) == 0
 
 
+def test_migrate_says_one_line_and_nothing_on_stderr(tmp_path):
+    """Alembic's own INFO lines ("Context impl SQLiteImpl.") are not printed."""
+    cfg = write_config(tmp_path / "hookledger.toml", f"sqlite:///{tmp_path / 'h.db'}")
+    result = run_cli("migrate", "--config", cfg, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().splitlines() == [
+        f"migrated empty database -> {migrate.head_revision()}"
+    ]
+    assert result.stderr.decode() == ""
+
+
 def test_verify_intact_then_tampered(tmp_path, db_url, capsys):
     cfg = write_config(tmp_path / "hookledger.toml", db_url)
     made = populate(db_url)
