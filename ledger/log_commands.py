@@ -11,7 +11,7 @@ import time
 from ledger.command_line import AddCommand, open_engine, positive_int, print_error, progress
 from ledger.config import Config
 from ledger.errors import ConfigError, HookledgerError
-from ledger.terminal import err, out  # text consoles: wire values are never markup
+from ledger.terminal import counted, err, out  # text consoles: wire values are never markup
 
 # --- commands ---------------------------------------------------------------
 
@@ -66,8 +66,9 @@ def cmd_verify(args: argparse.Namespace, config: Config) -> int:
     if job.state != "finished":
         raise HookledgerError(f"the verification did not finish: {result.get('error', job.state)}")
     if result["ok"]:
-        erased = f", {result['erased']} erased bodies" if result.get("erased") else ""
-        out.print(f"chain intact: {result['checked']} events checked{erased}")
+        erased = result.get("erased")
+        bodies = f", {counted(erased, 'erased body', 'erased bodies')}" if erased else ""
+        out.print(f"chain intact: {counted(result['checked'], 'event')} checked{bodies}")
         return 0
     print_error(
         f"chain broken at position {result['first_bad_position']}: {result['reason']}"
@@ -153,7 +154,8 @@ def cmd_erase(args: argparse.Namespace, config: Config) -> int:
         out.print("nothing to erase: no stored body matches")
         return 0
     err.print(
-        f"this erases {planned.count} bodies (positions {planned.first} to {planned.last}); "
+        f"this erases {counted(planned.count, 'body', 'bodies')} "
+        f"(positions {planned.first} to {planned.last}); "
         "their digests, headers and the chain stay"
     )
     if not args.yes:
@@ -166,7 +168,8 @@ def cmd_erase(args: argparse.Namespace, config: Config) -> int:
     with progress() as bar:
         task = bar.add_task("erasing", total=planned.count)
         done = erase(engine, criteria, actor, args.reason, lambda n: bar.advance(task, n))
-    out.print(f"erased {done.count} bodies (recorded as by {actor}); `verify` still passes")
+    erased = counted(done.count, "body", "bodies")
+    out.print(f"erased {erased} (recorded as by {actor}); `verify` still passes")
     return 0
 
 

@@ -60,3 +60,8 @@ class TextConsole(Console):
 _WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 1000
 err = TextConsole(stderr=True, soft_wrap=True)
 out = TextConsole(width=_WIDTH)
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """`n` and the noun agreeing with it: "1 event", "2 events", "1 body", "3 bodies"."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"

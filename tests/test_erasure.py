@@ -140,7 +140,7 @@ def test_erase_cli_needs_confirmation_and_criteria(tmp_path, db_url):
     assert run().returncode == 2  # no criteria at all
     done = run("--source", "app", "--yes", "--reason", "test")
     assert done.returncode == 0, done.stderr
-    assert "erased 1 bodies" in done.stdout
+    assert "erased 1 body (" in done.stdout
     with engine.connect() as conn:
         assert get_event(conn, 1).body is None
     engine.dispose()
