@@ -284,6 +284,21 @@ def test_every_post_needs_the_session_csrf_token(seeded):
     assert "v3 live since" in page(seeded, "/ui/projections")
 
 
+def test_a_rebuild_the_erased_bodies_forbid_is_refused_with_its_reason(seeded):
+    from ledger.erase import Criteria, erase
+
+    signup = seeded.positions["signup"]
+    erase(seeded.app.state.hl.engine, Criteria(start=signup, stop=signup), actor="ops")
+    home = seeded.get("/ui/projections", headers=BEARER).text
+    form = {"csrf": csrf(home)}
+    r = seeded.post("/ui/projections/signups/rebuild", data=form, headers=BEARER)
+    assert r.status_code == 409
+    text = unescape(r.text)
+    assert "Rebuild refused" in text and "have erased bodies" in text
+    assert f"positions {signup} to {signup}" in text
+    assert projection(seeded, "signups")["version"] == 1  # the live version keeps serving
+
+
 def test_event_page_says_what_each_projection_did(seeded):
     p = seeded.positions
 

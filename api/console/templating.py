@@ -16,7 +16,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from api.console import session
-from api.errors import STORAGE_ERRORS, ApiError, answer_for
+from api.errors import STORAGE_ERRORS, answer_for
+from ledger.errors import INTERNAL, HookledgerError
 from ledger.timefmt import iso_from_us
 
 log = logging.getLogger("hookledger.console")
@@ -148,14 +149,16 @@ _TITLES = {503: "Database unavailable", 400: "Cannot do that"}  # of the databas
 
 
 async def on_error(request: Request, exc: Exception) -> Response:
-    """The page for an error the tree answers (`api.errors.answer_for`), titled by the
-    ConsoleError itself, by an ApiError's code, or by the database answer's status."""
+    """The page for any error of the tree (`api.errors.answer_for`), titled by the
+    ConsoleError itself, by the database answer's status, or by the error's code."""
     status, code, detail, headers = answer_for(exc, f"console page {request.url.path}")
     if isinstance(exc, session.ConsoleError):
-        return error_page(request, status, exc.title, detail)
-    if isinstance(exc, ApiError):
-        return error_page(request, status, code.replace("_", " ").capitalize(), detail)
-    return error_page(request, status, _TITLES.get(status, "Something went wrong"), detail, headers)
+        title = exc.title
+    elif isinstance(exc, STORAGE_ERRORS) or code == INTERNAL:
+        title = _TITLES.get(status, "Something went wrong")
+    else:  # e.g. rebuild_refused: "Rebuild refused"
+        title = code.replace("_", " ").capitalize()
+    return error_page(request, status, title, detail, headers)
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:
@@ -173,7 +176,7 @@ async def not_found(request: Request) -> Response:
 HANDLERS = {
     session.SignInRequired: on_sign_in_required,
     HTTPException: on_http_exception,
-    # Only these answer with their own status here; any other error is an unexpected 500.
-    **dict.fromkeys((session.ConsoleError, ApiError, *STORAGE_ERRORS), on_error),
+    # Every error of the tree answers as the tree says; anything else is an unexpected 500.
+    **dict.fromkeys((HookledgerError, *STORAGE_ERRORS), on_error),
     Exception: on_unexpected,
 }
