@@ -89,6 +89,25 @@ def erase(
     return Plan(total, first, last)
 
 
+IMPORTED = "the body was already erased in the imported export"
+
+
+def record_imported(conn: Connection, count: int, first: int, last: int) -> None:
+    """Record, in an import's transaction, the bodies its export already lacked (positions
+    `first` to `last`), so `verify` finds them covered as in the exported database."""
+    conn.execute(
+        erasures.insert().values(
+            at_us=time.time_ns() // 1000,
+            actor="import",
+            reason=IMPORTED,
+            criteria=orjson.dumps(asdict(Criteria(start=first, stop=last))).decode(),
+            erased=count,
+            first_position=first,
+            last_position=last,
+        )
+    )
+
+
 def _record(conn: Connection, record: int, total: int, first: int, last: int) -> None:
     conn.execute(
         update(erasures)

@@ -13,6 +13,7 @@ import orjson
 from sqlalchemy import Connection, Engine
 
 from ledger import chain
+from ledger.erase import record_imported
 from ledger.errors import ImportRefused
 from ledger.marks import Mark, first_bad_mark
 from ledger.recorder import EVENT_COLUMNS, iter_events, read_head, recorder_for, translated, writer
@@ -95,8 +96,10 @@ def import_lines(
     the chain (`ledger.marks`); all or nothing, naming the first bad line.
 
     Rows go in a chunk at a time inside the one transaction, so the marks of each
-    chunk are checked against the rows before it in the database, not in memory."""
+    chunk are checked against the rows before it in the database, not in memory.
+    Bodies the export lacks (erased there) are recorded as one erasure by "import"."""
     count = 0
+    erased: list[int] = []  # count, first, last of the lines without a body
     with translated(), writer(engine.connect()) as conn, conn.begin():
         head, _ = read_head(conn, lock=True)
         if head != 0:
@@ -118,11 +121,15 @@ def import_lines(
             counts[row["source"]] = counts.get(row["source"], 0) + 1
             numbers.append(number)
             count += 1
+            if row["body"] is None:
+                erased = [erased[0] + 1, erased[1], count] if erased else [1, count, count]
             if len(batch) >= CHUNK:
                 _insert(conn, batch, numbers, tick)
         if batch:
             _insert(conn, batch, numbers, tick)
         recorder_for(conn).finish_load(conn, count, previous.hex(), counts)
+        if erased:
+            record_imported(conn, *erased)
     return count
 
 

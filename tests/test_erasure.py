@@ -69,13 +69,21 @@ def test_an_export_with_erased_bodies_imports_and_verifies(engine, tmp_path):
     from ledger.recorder import make_engine
 
     append(engine, [new_event(b"keep"), new_event(b"forget"), new_event(b"keep too")])
+    append(engine, [new_event(b"a"), new_event(b"b")])
     erase(engine, Criteria(start=2, stop=2), actor="ops")
+    erase(engine, Criteria(start=4, stop=4), actor="ops")
     lines = list(export_lines(engine))
     assert orjson.loads(lines[1])["body_base64"] is None
     target = make_engine(f"sqlite:///{tmp_path / 'restored.db'}")
     migrate.upgrade(target)
-    assert import_lines(target, lines) == 3
-    assert [r.body for r in iter_events(target)] == [b"keep", None, b"keep too"]
+    assert import_lines(target, lines) == 5
+    assert [r.body for r in iter_events(target)] == [b"keep", None, b"keep too", None, b"b"]
+    result = verify_ledger(target)
+    assert (result.ok, result.checked, result.erased) == (True, 5, 2)
+    with target.connect() as conn:
+        recorded = conn.execute(select(erasures)).one()
+    assert (recorded.actor, recorded.erased) == ("import", 2)
+    assert (recorded.first_position, recorded.last_position) == (2, 4)
     target.dispose()
 
 
