@@ -27,7 +27,7 @@ from api.handover import received
 from api.ingest import Ingest, hooks_source
 from api.metrics import Metrics
 from api.openapi import openapi
-from api.services import Applied, Services, services_of
+from api.services import Services, Signal, services_of
 from ledger import migrate
 from ledger.appender import Appender
 from ledger.config import Config, load_config
@@ -140,7 +140,8 @@ def create_app(
             await run_in_threadpool(migrate.upgrade, engine)
         for warning in startup_warnings(config) if warn_at_start else ():
             log.warning(warning)
-        applied = Applied(asyncio.get_running_loop())
+        applied = Signal(asyncio.get_running_loop())
+        appended = Signal(applied.loop)
         worker = (
             Worker(engine, projectors, on_applied=applied.notify_threadsafe)
             if run_projectors and projectors
@@ -151,6 +152,7 @@ def create_app(
 
         def committed(head: int, size: int) -> None:
             observed.batch_size.observe(size)
+            appended.notify_threadsafe()
             if worker is not None:
                 worker.wake()
 
@@ -173,6 +175,7 @@ def create_app(
             config, engine, appender, projectors, observed, worker, applied, applied.loop, access
         )
         app.state.hl.deadlines = BodyDeadlines(config.server.body_timeout_seconds, applied.loop)
+        app.state.hl.appended = appended
         try:
             yield
         finally:

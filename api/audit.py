@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import time
 from typing import Any
 
@@ -21,6 +22,8 @@ from ledger.integrity import past_head
 from ledger.recorder import rejections
 from ledger.timefmt import iso_from_us
 
+WAIT_POLL_S = 0.25  # `wait=`: how often the log is read again for other processes' appends
+
 
 class OrjsonResponse(JSONResponse):
     def render(self, content: Any) -> bytes:
@@ -37,19 +40,37 @@ def meta(row: Any) -> dict[str, Any]:
 
 
 async def list_events(request: Request) -> Response:
+    """The log's metadata after a cursor, filtered; with `wait=S` and nothing matching
+    yet, held until a matching event is appended (or S seconds pass)."""
     require(request, "read")
-    params.check_known(request, {"source", "type", "after", "since", "until", "limit"})
+    allowed = {"source", "type", "event_id", "after", "since", "until", "limit", "wait"}
+    params.check_known(request, allowed)
     limit = params.limit(request)
-    rows = await with_connection(
-        request,
+    read = functools.partial(
         recorder.list_events,
         source=request.query_params.get("source") or None,
         event_type=request.query_params.get("type") or None,
+        event_id=request.query_params.get("event_id") or None,
         after=params.integer(request, "after", 0, 0, params.MAX_INT),
         since_us=params.instant(request, "since"),
         until_us=params.instant(request, "until"),
         limit=limit,
     )
+    deadline = time.monotonic() + params.seconds(request, "wait", 0.0)
+    signal = services_of(request).appended
+    while True:
+        # The commit signal is taken before the read: an append in between wakes us.
+        commit = signal.event if signal is not None else None
+        rows = await with_connection(request, read)
+        remaining = deadline - time.monotonic()
+        if rows or remaining <= 0:
+            break
+        # Appends of this process wake us at once; another process's (a second node,
+        # an import) are seen on the next read, at most WAIT_POLL_S later.
+        if signal is not None and commit is not None:
+            await signal.wait(commit, min(WAIT_POLL_S, remaining))
+        else:
+            await asyncio.sleep(min(WAIT_POLL_S, remaining))
     nxt = str(rows[-1].position) if len(rows) == limit else None
     return OrjsonResponse({"events": [meta(r) for r in rows], "next": nxt})
 

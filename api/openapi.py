@@ -268,6 +268,7 @@ PATHS: dict[str, dict[str, Any]] = {
             [
                 _param("source", "query", STR, "only this source"),
                 _param("type", "query", STR, "only this event type"),
+                _param("event_id", "query", STR, "only deliveries of this provider event id"),
                 _param(
                     "after",
                     "query",
@@ -284,6 +285,12 @@ PATHS: dict[str, dict[str, Any]] = {
                     "until", "query", {"type": "string", "format": "date-time"}, "received before"
                 ),
                 LIMIT,
+                _param(
+                    "wait",
+                    "query",
+                    {"type": "number", "minimum": 0, "maximum": 30},
+                    "when nothing matches yet, seconds to wait for a matching event",
+                ),
             ],
         )
     },

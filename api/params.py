@@ -51,6 +51,23 @@ def limit(request: Request, default: int = 100) -> int:
     return value
 
 
+MAX_WAIT_S = 30.0  # the longest a request may ask to be held (`wait=`)
+
+
+def seconds(request: Request, name: str, default: float, high: float = MAX_WAIT_S) -> float:
+    """A duration in seconds, from 0 to `high` (a float: `wait=0.5`)."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise bad(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not 0 <= value <= high:  # NaN fails too
+        raise bad(f"{name} must be between 0 and {high:g} seconds")
+    return value
+
+
 def instant(request: Request, name: str) -> int | None:
     """An RFC 3339 parameter as microseconds since the epoch."""
     raw = request.query_params.get(name)

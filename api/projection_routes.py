@@ -23,7 +23,6 @@ from projections.adapters import Adapter
 from projections.schema import projection_errors
 from projections.status import describe, progress, status
 
-MAX_WAIT_S = 30.0
 DEFAULT_WAIT_S = 5.0
 ROW_PARAMS = {"sort", "limit", "cursor", "include_deleted", "min_position", "wait"}
 
@@ -61,13 +60,7 @@ async def _wait_for(request: Request, projector: Adapter) -> None:
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 19:  # int() refuses "²"
         raise params.bad(f"min_position must be a non-negative integer, got {raw!r}")
     wanted = int(raw)
-    wait = request.query_params.get("wait")
-    try:
-        budget = DEFAULT_WAIT_S if wait is None else float(wait)
-    except ValueError:
-        raise params.bad(f"wait must be a number of seconds, got {wait!r}") from None
-    if not 0 <= budget <= MAX_WAIT_S:
-        raise params.bad(f"wait must be between 0 and {MAX_WAIT_S:g} seconds")
+    budget = params.seconds(request, "wait", DEFAULT_WAIT_S)
 
     def applied_position(conn) -> int:
         live, _ = versions.active(conn, projector.name)

@@ -39,26 +39,42 @@ class Services:
     projectors: dict[str, Adapter]
     metrics: Metrics
     worker: Worker | None = None
-    applied: Applied | None = None
+    applied: Signal | None = None  # the in-process projector committed a batch
     loop: asyncio.AbstractEventLoop | None = None  # the one serving requests
     access: AccessLines | None = None  # None: access_log = false
     deadlines: BodyDeadlines | None = None  # body reads, `[server] body_timeout_seconds`
+    appended: Signal | None = None  # this process's appender committed a batch
 
 
-class Applied:
-    """Wakes read-your-writes waiters whenever the in-process projector commits."""
+class Signal:
+    """Wakes the requests waiting for a commit of this process (the projector's, for
+    read-your-writes; the appender's, for `GET /v1/events?wait=`).
+
+    A waiter takes `event` before it reads, then waits on it: a commit after the read
+    sets it. Commits cost the committing thread nothing while nobody took the event
+    since the last one (no call into the loop on every ingest batch)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.event = asyncio.Event()
+        self._event = asyncio.Event()
+        self._taken = False
+
+    @property
+    def event(self) -> asyncio.Event:
+        """The event the next commit sets (taken on the loop's thread)."""
+        self._taken = True
+        return self._event
 
     def notify_threadsafe(self) -> None:
+        # A commit that ran before `event` was taken also ran before the taker's read.
+        if not self._taken:
+            return
         # RuntimeError: the loop closed, the server is stopping and nobody waits
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self._fire)
 
     def _fire(self) -> None:
-        event, self.event = self.event, asyncio.Event()
+        event, self._event, self._taken = self._event, asyncio.Event(), False
         event.set()
 
     async def wait(self, event: asyncio.Event, timeout: float) -> None:

@@ -68,6 +68,14 @@ def server(tmp_path_factory):
 schema = schemathesis.openapi.from_dict(DOCUMENT)
 
 
+def _seconds(value: object) -> float:
+    """A generated `wait` as a number, 0 when it is not one (the server refuses it)."""
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0.0
+
+
 @schema.parametrize()
 @settings(
     max_examples=25,
@@ -75,4 +83,6 @@ schema = schemathesis.openapi.from_dict(DOCUMENT)
     suppress_health_check=list(HealthCheck),
 )
 def test_answers_match_the_document(case, server):
+    if case.path == "/v1/events" and _seconds((case.query or {}).get("wait")) > 0.1:
+        case.query["wait"] = 0.1  # a long poll: its answer's shape is tested here, not the wait
     case.call_and_validate(base_url=server.url)

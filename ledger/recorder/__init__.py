@@ -116,13 +116,20 @@ def list_events(
     *,
     source: str | None = None,
     event_type: str | None = None,
+    event_id: str | None = None,
     after: int = 0,
     since_us: int | None = None,
     until_us: int | None = None,
     limit: int = 100,
 ) -> list[Row]:
     """Event metadata in position order after `after`, filtered."""
-    where = LogFilter(source=source, event_type=event_type, since_us=since_us, until_us=until_us)
+    where = LogFilter(
+        source=source,
+        event_type=event_type,
+        event_id=event_id,
+        since_us=since_us,
+        until_us=until_us,
+    )
     return recorder_for(conn).list_events(conn, where, after, limit)
 
 

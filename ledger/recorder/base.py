@@ -517,6 +517,8 @@ def conditions(f: LogFilter) -> list[ColumnElement[bool]]:
         out.append(c.source == f.source)
     if f.event_type is not None:
         out.append(c.event_type == f.event_type)
+    if f.event_id is not None:
+        out.append(c.event_id == f.event_id)
     if f.since_us is not None:
         out.append(c.received_at_us >= f.since_us)
     if f.until_us is not None:

@@ -53,6 +53,7 @@ class LogFilter:
 
     source: str | None = None
     event_type: str | None = None
+    event_id: str | None = None
     since_us: int | None = None  # received at or after
     until_us: int | None = None  # received before
     verification: str | None = None
