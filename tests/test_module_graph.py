@@ -122,7 +122,7 @@ def _backend_words(module: str) -> list[str]:
                 found.append(node.module)
             if node.module == "ledger.recorder.schema" and "events" in [a.name for a in node.names]:
                 found.append("import of the events table")
-        elif isinstance(node, ast.Attribute) and node.attr in ("paramstyle",):
+        elif isinstance(node, ast.Attribute) and node.attr == "paramstyle":
             found.append(node.attr)
         elif (
             isinstance(node, ast.Attribute)

@@ -17,10 +17,10 @@ from api.console.session import ConsoleError, require
 from api.console.templating import ENV, SECURITY_HEADERS, base, render
 from api.services import services_of, with_connection
 from ledger.recorder import read_head, recorder_for
+from ledger.recorder.base import MINUTE_US
 from ledger.timefmt import iso_from_us
 
 TAIL_ROWS = 200
-MINUTE_US = 60_000_000
 MINUTES = 24 * 60
 WIDTH, HEIGHT = MINUTES, 100  # one SVG unit per minute; the plot stretches to its box
 COLORS = 8  # CSS classes c0..c7

@@ -138,4 +138,4 @@ def iter_events(
 ) -> Iterator[Row]:
     """Every column of every event from `start` to `stop` (inclusive), `chunk` rows
     at a time: memory is bounded whatever the size of the log."""
-    yield from recorder_for(engine).iter_events(engine, start, stop, chunk)
+    return recorder_for(engine).iter_events(engine, start, stop, chunk)

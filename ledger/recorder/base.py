@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -54,7 +55,6 @@ INSERT_COLUMNS = (
 )
 INSERT_BYTES = 32 * 1024 * 1024  # headers and bodies per INSERT (PostgreSQL: 1 GB a message)
 ID_CHUNK = 500  # values per lookup, under the 999 bound parameters of old SQLite builds
-LOOKUP_CHUNK = ID_CHUNK
 MINUTE_US = 60_000_000
 
 Firsts = dict[tuple[str, str], int]
@@ -99,7 +99,7 @@ class Head:
     mine: body_firsts.Recent | None
 
 
-class Recorder:
+class Recorder(ABC):
     """The one way into `events` and its side tables, for one backend.
 
     Every verb (VERBS) translates driver errors itself (`translated`), in a backend's
@@ -208,16 +208,16 @@ class Recorder:
             body_firsts.merge(conn, head.watermark, head.watermark + body_firsts.MERGE_ROWS)
         return out
 
+    @abstractmethod
     def locked_head(self, conn: Connection, wanted: Wanted) -> Head:
         """The head, locked for this transaction, and the batch's lookups."""
-        raise NotImplementedError
 
+    @abstractmethod
     def write_rows(
         self, conn: Connection, chunks: list[list[tuple]], position: int, digest: str, tally: tuple
     ) -> None:
         """INSERT the numbered rows, move the head to (`position`, `digest`), add
         `tally` (source, events, ...) to the counts, and wake the projectors."""
-        raise NotImplementedError
 
     # --- reads --------------------------------------------------------------------
 
@@ -335,26 +335,28 @@ class Recorder:
         """(source, event id, first position) below `before` of the wanted ids."""
         for source, id_set in wanted.items():
             ids = sorted(id_set)
-            for i in range(0, len(ids), LOOKUP_CHUNK):
+            for i in range(0, len(ids), ID_CHUNK):
                 for event_id, first in self.first_ids_chunk(
-                    conn, before, source, ids[i : i + LOOKUP_CHUNK]
+                    conn, before, source, ids[i : i + ID_CHUNK]
                 ):
                     yield source, event_id, first
 
+    @abstractmethod
     def first_ids_chunk(
         self, conn: Connection, before: int, source: str, ids: list[str]
     ) -> Iterable[Sequence[Any]]:
-        raise NotImplementedError
+        """(event id, first position) below `before` of up to ID_CHUNK `ids` of `source`."""
 
     def mark_rows(self, conn: Connection, positions: Sequence[int]) -> Iterator[Sequence[Any]]:
         """MARK_COLUMNS of the rows at `positions`."""
-        for i in range(0, len(positions), LOOKUP_CHUNK):
-            yield from self.mark_rows_chunk(conn, positions[i : i + LOOKUP_CHUNK])
+        for i in range(0, len(positions), ID_CHUNK):
+            yield from self.mark_rows_chunk(conn, positions[i : i + ID_CHUNK])
 
+    @abstractmethod
     def mark_rows_chunk(
         self, conn: Connection, positions: Sequence[int]
     ) -> Iterable[Sequence[Any]]:
-        raise NotImplementedError
+        """MARK_COLUMNS of the rows at up to ID_CHUNK `positions`."""
 
     # --- erased bodies ------------------------------------------------------------
 
