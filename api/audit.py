@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from api import params
 from api.auth import require
 from api.errors import ApiError
-from api.services import services_of, with_connection
+from api.services import read_until, services_of, with_connection
 from ledger import recorder, verify_job
 from ledger.integrity import past_head
 from ledger.recorder import rejections
@@ -56,21 +56,15 @@ async def list_events(request: Request) -> Response:
         until_us=params.instant(request, "until"),
         limit=limit,
     )
-    deadline = time.monotonic() + params.seconds(request, "wait", 0.0)
-    signal = services_of(request).appended
-    while True:
-        # The commit signal is taken before the read: an append in between wakes us.
-        commit = signal.event if signal is not None else None
-        rows = await with_connection(request, read)
-        remaining = deadline - time.monotonic()
-        if rows or remaining <= 0:
-            break
-        # Appends of this process wake us at once; another process's (a second node,
-        # an import) are seen on the next read, at most WAIT_POLL_S later.
-        if signal is not None and commit is not None:
-            await signal.wait(commit, min(WAIT_POLL_S, remaining))
-        else:
-            await asyncio.sleep(min(WAIT_POLL_S, remaining))
+    # Appends of this process wake the wait at once; another process's (a second
+    # node, an import) are seen on the next read, at most WAIT_POLL_S later.
+    rows = await read_until(
+        lambda: with_connection(request, read),
+        bool,
+        params.seconds(request, "wait", 0.0),
+        services_of(request).appended,
+        WAIT_POLL_S,
+    )
     nxt = str(rows[-1].position) if len(rows) == limit else None
     return OrjsonResponse({"events": [meta(r) for r in rows], "next": nxt})
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 from sqlalchemy import select
@@ -15,7 +13,7 @@ from api import params
 from api.audit import OrjsonResponse
 from api.auth import require
 from api.errors import ApiError
-from api.services import projector_of, services_of, with_connection
+from api.services import projector_of, read_until, services_of, with_connection
 from ledger.recorder import read_head, translated
 from ledger.timefmt import iso_from_us
 from projections import failures, reads, versions
@@ -66,28 +64,23 @@ async def _wait_for(request: Request, projector: Adapter) -> None:
         live, _ = versions.active(conn, projector.name)
         return -1 if live is None else live.position
 
-    deadline = time.monotonic() + budget
     hl = services_of(request)
-    signal = hl.applied if hl.worker is not None else None  # None: the projector runs elsewhere
-    while True:
-        # Take the commit signal before reading the position: a commit in between
-        # then wakes us at once instead of being missed until the next one.
-        commit = signal.event if signal is not None else None
-        position = await with_connection(request, applied_position)
-        if position >= wanted:
-            return
-        if time.monotonic() >= deadline:
-            raise ApiError(
-                503,
-                "not_caught_up",
-                f"{projector.name} has applied position {max(position, 0)}, not yet {wanted}",
-                {"Retry-After": "1"},
-            )
-        remaining = deadline - time.monotonic()
-        if signal is not None and commit is not None:
-            await signal.wait(commit, min(0.25, remaining))  # woken by the in-process projector
-        else:
-            await asyncio.sleep(min(0.01, remaining))  # the projector runs elsewhere: poll
+    # Woken by the in-process projector; one running elsewhere is polled.
+    signal, poll = (hl.applied, 0.25) if hl.worker is not None else (None, 0.01)
+    position = await read_until(
+        lambda: with_connection(request, applied_position),
+        lambda applied: applied >= wanted,
+        budget,
+        signal,
+        poll,
+    )
+    if position < wanted:
+        raise ApiError(
+            503,
+            "not_caught_up",
+            f"{projector.name} has applied position {max(position, 0)}, not yet {wanted}",
+            {"Retry-After": "1"},
+        )
 
 
 def _flag(request: Request, name: str) -> bool:

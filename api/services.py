@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Concatenate, ParamSpec, TypeVar
 
@@ -81,6 +82,30 @@ class Signal:
         """Until the commit after `event` was taken from `self.event`, or `timeout` seconds."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
+
+
+async def read_until(
+    read: Callable[[], Awaitable[T]],
+    ready: Callable[[T], bool],
+    budget: float,
+    signal: Signal | None,
+    poll: float,
+) -> T:
+    """`await read()` until `ready` holds for its result or `budget` seconds have passed;
+    the last result. Each read waits for `signal`'s next commit (at most `poll` seconds,
+    for commits of other processes), or, with no signal, `poll` seconds."""
+    deadline = time.monotonic() + budget
+    while True:
+        # The commit signal is taken before the read: a commit in between wakes us.
+        commit = signal.event if signal is not None else None
+        result = await read()
+        remaining = deadline - time.monotonic()
+        if ready(result) or remaining <= 0:
+            return result
+        if signal is not None and commit is not None:
+            await signal.wait(commit, min(poll, remaining))
+        else:
+            await asyncio.sleep(min(poll, remaining))
 
 
 def services_of(request: HTTPConnection) -> Services:
