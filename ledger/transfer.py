@@ -99,7 +99,7 @@ def import_lines(
     chunk are checked against the rows before it in the database, not in memory.
     Bodies the export lacks (erased there) are recorded as one erasure by "import"."""
     count = 0
-    erased: list[int] = []  # count, first, last of the lines without a body
+    erased, first_erased, last_erased = 0, 0, 0  # the lines without a body
     with translated(), writer(engine.connect()) as conn, conn.begin():
         head, _ = read_head(conn, lock=True)
         if head != 0:
@@ -122,14 +122,15 @@ def import_lines(
             numbers.append(number)
             count += 1
             if row["body"] is None:
-                erased = [erased[0] + 1, erased[1], count] if erased else [1, count, count]
+                erased += 1
+                first_erased, last_erased = first_erased or count, count
             if len(batch) >= CHUNK:
                 _insert(conn, batch, numbers, tick)
         if batch:
             _insert(conn, batch, numbers, tick)
         recorder_for(conn).finish_load(conn, count, previous.hex(), counts)
         if erased:
-            record_imported(conn, *erased)
+            record_imported(conn, erased, first_erased, last_erased)
     return count
 
 
