@@ -612,7 +612,7 @@ def test_a_body_trickling_a_byte_a_second_is_cut_at_the_deadline(server):
         while b"\r\n\r\n" not in answer and time.monotonic() - started < READ_TIMEOUT_S + 10:
             send_all(sock, b"x")
             with contextlib.suppress(TimeoutError):
-                while (chunk := sock.recv(65536)) and b"\r\n\r\n" not in answer:
+                while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
                     answer += chunk
             time.sleep(min(0.3, READ_TIMEOUT_S / 4))  # four bytes per timeout: it never ends
         elapsed = time.monotonic() - started
