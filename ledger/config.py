@@ -11,7 +11,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ledger.errors import ConfigError
 from ledger.pointer import check as pointer_problem
@@ -85,6 +85,7 @@ class Config:
     tokens: tuple[Token, ...] = ()
     sources: Mapping[str, SourceConfig] = field(default_factory=dict)
     projections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    destinations: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # `destinations`
 
     def unconfigured_sources(self) -> list[SourceConfig]:
         """Sources whose secret variable is unset: they answer 503 until it is."""
@@ -120,7 +121,7 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None) -
     return _parse(data, path or "<defaults>", env, path)
 
 
-class _Reader:
+class Reader:
     """Typed access to one TOML table that names the key in every error."""
 
     def __init__(self, file: str, prefix: str, table: Mapping[str, Any], allowed: set[str]):
@@ -129,7 +130,7 @@ class _Reader:
         if unknown:
             self.fail(unknown[0], f"unknown key (expected one of: {', '.join(sorted(allowed))})")
 
-    def fail(self, key: str, problem: str) -> None:
+    def fail(self, key: str, problem: str) -> NoReturn:
         raise ConfigError(f"{self.file}: {self.prefix}{key}: {problem}")
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
@@ -170,14 +171,19 @@ def _type_word(names: str) -> str:
 
 
 def _parse(data: Mapping[str, Any], file: str, env: Mapping[str, str], path: str | None) -> Config:
-    top = _Reader(file, "", data, {"database_url", "server", "tokens", "sources", "projections"})
+    top = Reader(
+        file,
+        "",
+        data,
+        {"database_url", "server", "tokens", "sources", "projections", "destinations"},
+    )
     database_url = env.get("HOOKLEDGER_DATABASE_URL") or top.get(
         "database_url", str, DEFAULT_DATABASE_URL
     )
     if not database_url.startswith(("sqlite", "postgresql")):
         top.fail("database_url", f"unsupported database {database_url!r} (sqlite or postgresql)")
 
-    srv = _Reader(
+    srv = Reader(
         file,
         "server.",
         top.get("server", dict, {}),
@@ -228,20 +234,22 @@ def _parse(data: Mapping[str, Any], file: str, env: Mapping[str, str], path: str
             top.fail(f"sources.{name}", "expected a table")
         sources[name] = _source(file, name, raw, env)
 
-    projections = top.get("projections", dict, {})
-    for name, raw in projections.items():
-        if not isinstance(raw, dict):
-            top.fail(f"projections.{name}", "expected a table")
-    return Config(path, database_url, server, tuple(tokens), sources, projections)
+    tables = {}
+    for section in ("projections", "destinations"):  # parsed by their own packages
+        tables[section] = top.get(section, dict, {})
+        for name, raw in tables[section].items():
+            if not isinstance(raw, dict):
+                top.fail(f"{section}.{name}", "expected a table")
+    return Config(path, database_url, server, tuple(tokens), sources, **tables)
 
 
-def _tokens(top: _Reader, env: Mapping[str, str]) -> list[Token]:
+def _tokens(top: Reader, env: Mapping[str, str]) -> list[Token]:
     """The `[[tokens]]`: unique names, distinct values, each at least 16 characters."""
     tokens: list[Token] = []
     for i, raw in enumerate(top.get("tokens", list, [])):
         if not isinstance(raw, dict):
             top.fail(f"tokens[{i}]", "expected a table ([[tokens]])")
-        t = _Reader(top.file, f"tokens[{i}].", raw, {"name", "token_env", "scopes"})
+        t = Reader(top.file, f"tokens[{i}].", raw, {"name", "token_env", "scopes"})
         token_env = t.required("token_env", str)
         scopes = t.strings("scopes", ["read"])
         for s in scopes:
@@ -274,7 +282,7 @@ def _source(file: str, name: str, raw: Mapping[str, Any], env: Mapping[str, str]
         "shop_domain",
         "body_dedup",
     }
-    r = _Reader(file, f"sources.{name}.", raw, allowed)
+    r = Reader(file, f"sources.{name}.", raw, allowed)
     if not name or not all(c.isalnum() or c in "-_." for c in name):
         r.fail("", "source names use letters, digits, '-', '_' and '.' only")
     verifier = r.required("verifier", str)
@@ -325,7 +333,7 @@ def _source(file: str, name: str, raw: Mapping[str, Any], env: Mapping[str, str]
     )
 
 
-def _secrets(r: _Reader, env: Mapping[str, str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _secrets(r: Reader, env: Mapping[str, str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """`secret_env`'s variable names and the secrets they hold (SPEC 3).
 
     One name: a comma-separated list of secrets, spaces around each removed. A list

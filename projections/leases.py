@@ -1,12 +1,14 @@
-"""Leases: at most one live worker folds a projection at a time.
+"""Leases: at most one live worker folds a projection (or hands over to a destination)
+at a time.
 
-A lease is a row (name, owner, expiry); a worker renews it every loop and another may
-take it only once it expired, so a crashed worker's projection moves on after `ttl_s`.
+A lease is a row (name, owner, expiry) of a lease table (`projection_leases`, or
+`destination_leases`); a worker renews it every loop and another may take it only once
+it expired, so a crashed worker's work moves on after `ttl_s`.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, Table, select, update
 from sqlalchemy import exc as sa_exc
 
 from ledger.recorder import writer
@@ -14,42 +16,37 @@ from projections.schema import projection_leases
 from projections.versions import now_us
 
 
-def acquire_lease(engine: Engine, name: str, owner: str, ttl_s: float) -> bool:
-    """Take or renew the lease on a projection; False while another live worker holds it."""
+def acquire_lease(
+    engine: Engine, name: str, owner: str, ttl_s: float, table: Table = projection_leases
+) -> bool:
+    """Take or renew the lease on `name`; False while another live worker holds it."""
+    leases = table
     stamp = now_us()
     expires = stamp + int(ttl_s * 1_000_000)
     with writer(engine.connect()) as conn:
         with conn.begin():
             result = conn.execute(
-                update(projection_leases)
+                update(leases)
                 .where(
-                    projection_leases.c.name == name,
-                    (projection_leases.c.owner == owner)
-                    | (projection_leases.c.expires_at_us < stamp),
+                    leases.c.name == name,
+                    (leases.c.owner == owner) | (leases.c.expires_at_us < stamp),
                 )
                 .values(owner=owner, expires_at_us=expires)
             )
             if result.rowcount == 1:
                 return True
-            taken = conn.execute(
-                select(projection_leases.c.name).where(projection_leases.c.name == name)
-            ).first()
+            taken = conn.execute(select(leases.c.name).where(leases.c.name == name)).first()
             if taken is not None:
                 return False
         try:
             with conn.begin():
-                conn.execute(
-                    projection_leases.insert().values(name=name, owner=owner, expires_at_us=expires)
-                )
+                conn.execute(leases.insert().values(name=name, owner=owner, expires_at_us=expires))
         except sa_exc.IntegrityError:
             return False
         return True
 
 
-def release_lease(engine: Engine, name: str, owner: str) -> None:
+def release_lease(engine: Engine, name: str, owner: str, table: Table = projection_leases) -> None:
+    leases = table
     with writer(engine.connect()) as conn, conn.begin():
-        conn.execute(
-            projection_leases.delete().where(
-                projection_leases.c.name == name, projection_leases.c.owner == owner
-            )
-        )
+        conn.execute(leases.delete().where(leases.c.name == name, leases.c.owner == owner))

@@ -27,6 +27,7 @@ import inspect
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Connection, MetaData, Table
 
@@ -50,21 +51,26 @@ class Projection:
         raise NotImplementedError
 
 
-def load_class(spec: str, where: str, folder: str | None = None) -> Projection:
-    """Import `module:Class`, instantiate and check it; ConfigError naming `where` otherwise.
+def import_object(spec: str, where: str, folder: str | None = None, what: str = "Class") -> Any:
+    """The object `module:Name` names; ConfigError naming `where` otherwise.
 
     `folder` (the config file's) is appended to `sys.path` first: appended, not put
     in front, so a file there cannot shadow the standard library or hookledger itself."""
-    module_name, _, class_name = spec.partition(":")
-    if not module_name or not class_name:
-        raise ConfigError(f"{where}: expected 'module:Class', got {spec!r}")
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"{where}: expected 'module:{what}', got {spec!r}")
     if folder is not None and folder not in sys.path:
         sys.path.append(folder)
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise ConfigError(f"{where}: cannot import {module_name!r}: {e}") from None
-    cls = getattr(module, class_name, None)
+    return getattr(module, attr, None)
+
+
+def load_class(spec: str, where: str, folder: str | None = None) -> Projection:
+    """Import `module:Class`, instantiate and check it; ConfigError naming `where` otherwise."""
+    cls = import_object(spec, where, folder)
     if not isinstance(cls, type) or not issubclass(cls, Projection):
         raise ConfigError(f"{where}: {spec!r} is not a projections.python.Projection subclass")
     impl = cls()

@@ -1,4 +1,6 @@
-"""The projection registry's tables; the projections' own tables are built per version."""
+"""The engine's bookkeeping tables: the projection registry, and the destinations'
+checkpoints, leases, attempts and dead letters (`destinations`, the other consumers of
+the log). The projections' own tables are built per version."""
 
 from __future__ import annotations
 
@@ -58,4 +60,79 @@ projection_errors = Table(
     Column("traceback", Text),
     Column("at_us", BigInteger, nullable=False),
     Index(None, "name", "version", "position"),
+)
+
+
+# One row per destination ever seen.
+#   position: every event up to it is delivered, dead, or not wanted (the checkpoint)
+#   state: live | paused | failed; `reason` says why it is not live
+#   generation: moved by every change of holder and every operator action that moves
+#     the checkpoint or the window (replay, retry, skip), so the holder's compare-and-set
+#     refuses what an older holder or an older plan writes
+#   notices: moved by pause, resume and redeliver, which the holder takes in as it goes
+#   failed_position: the dead event a halted (`failed`) destination stopped at
+#   delivered, failed, dead: attempts by outcome and dead letters, kept as they happen
+destinations = Table(
+    "destinations",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("kind", Text, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("reason", Text),
+    Column("generation", BigInteger, nullable=False, server_default=text("0")),
+    Column("notices", BigInteger, nullable=False, server_default=text("0")),
+    Column("failed_position", BigInteger),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("delivered", BigInteger, nullable=False, server_default=text("0")),
+    Column("failed", BigInteger, nullable=False, server_default=text("0")),
+    Column("dead", BigInteger, nullable=False, server_default=text("0")),
+)
+
+destination_leases = Table(
+    "destination_leases",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("owner", Text, nullable=False),
+    Column("expires_at_us", BigInteger, nullable=False),
+)
+
+# Events above a destination's checkpoint that are not simply waiting:
+#   state done: handed over (or skipped) ahead of an earlier event of another key
+#   state retrying: failed `attempts` times this round, next tried at `next_at_us`
+#   state redeliver: asked again by an operator (at or below the checkpoint too)
+destination_window = Table(
+    "destination_window",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("position", BigInteger, primary_key=True, autoincrement=False),
+    Column("state", Text, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("next_at_us", BigInteger),
+)
+
+delivery_attempts = Table(
+    "delivery_attempts",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("destination", Text, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("started_at_us", BigInteger, nullable=False),
+    Column("outcome", Text, nullable=False),  # delivered | failed | gone | dead
+    Column("status", Integer),
+    Column("error", Text),
+    Column("duration_us", BigInteger, nullable=False),
+    Column("response", Text),
+    Index(None, "destination", "id"),
+    Index(None, "destination", "position", "id"),
+)
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("destination", Text, primary_key=True),
+    Column("position", BigInteger, primary_key=True, autoincrement=False),
+    Column("at_us", BigInteger, nullable=False),
+    Column("attempt_id", BigInteger),
 )

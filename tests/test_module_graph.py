@@ -1,5 +1,5 @@
-"""The shape of the code: dependencies point api -> projections -> ledger, no module
-imports itself back (imports inside functions count too), the CLI's parser loads
+"""The shape of the code: dependencies point api -> destinations -> projections ->
+ledger, no module imports itself back (imports inside functions count too), the CLI's parser loads
 none of the engine (so `hookledger --help` answers at once), and only the recorder
 (`ledger.recorder`) names a backend or reaches the log table."""
 
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = {"ledger": 0, "projections": 1, "api": 2}
+LAYERS = {"ledger": 0, "projections": 1, "destinations": 2, "api": 3}
 
 
 def _name(path: Path) -> str:

@@ -7,6 +7,7 @@
     list_newest                metadata newest first, below a position             console
     iter_events(engine, ...)   every column of a range, in short reads             export, verify
     fold_rows                  what a projector folds, straight from the driver    projections
+    handover_rows              what a destination wants, with its Content-Type     destinations
     first_ids_before/mark_rows what the marks outside the chain are checked on     ledger.marks
     erased_summary/erase_chunk erase bodies, count what an erasure touches         ledger.erase
     load_rows/finish_load      an import's rows, head and counts                   ledger.transfer
@@ -31,9 +32,11 @@ from sqlalchemy import Connection, Engine, Row
 from ledger.recorder.base import (
     EVENT_COLUMNS,
     FOLD_COLUMNS,
+    HANDOVER_COLUMNS,
     ID_CHUNK,
     MARK_COLUMNS,
     Erasable,
+    Handover,
     Listener,
     Recorder,
 )
@@ -52,10 +55,12 @@ __all__ = [
     "DATABASE_ERRORS",
     "EVENT_COLUMNS",
     "FOLD_COLUMNS",
+    "HANDOVER_COLUMNS",
     "ID_CHUNK",
     "MARK_COLUMNS",
     "Appended",
     "Erasable",
+    "Handover",
     "Listener",
     "LogFilter",
     "NewEvent",

@@ -49,6 +49,8 @@ META_COLUMNS = [c for c in events.c if c.name not in ("headers", "body")]
 MARK_COLUMNS = ("position", "source", "event_id", "body_sha256", "verification", "duplicate_of")
 # What a projector folds (`projections.model.Event`), in its order.
 FOLD_COLUMNS = "position, source, event_id, event_type, received_at_us, body, duplicate_of"
+# What a destination hands over: what a projector folds, and the received Content-Type.
+HANDOVER_COLUMNS = f"{FOLD_COLUMNS}, content_type"
 INSERT_COLUMNS = (
     "position, source, received_at_us, event_id, event_type, query, headers, body, "
     "body_sha256, content_type, remote_addr, verification, duplicate_of, hash, secret_index"
@@ -327,6 +329,44 @@ class Recorder(ABC):
         finally:
             cursor.close()
 
+    def handover_rows(
+        self,
+        conn: Connection,
+        after: int,
+        upto: int,
+        wanted: Handover,
+        limit: int,
+    ) -> list[tuple]:
+        """HANDOVER_COLUMNS of at most `limit` events in (after, upto] that a destination
+        wants (`wanted`), in position order.
+
+        A prefix is matched with `substr`, not `LIKE`: SQLite's LIKE ignores case."""
+        mark = self.mark
+        sql = (
+            f"SELECT {HANDOVER_COLUMNS} FROM events WHERE position > {mark} AND position <= {mark}"
+        )
+        params: list = [after, upto]
+        if wanted.source is not None:
+            sql += f" AND source = {mark}"
+            params.append(wanted.source)
+        if not wanted.duplicates:
+            sql += " AND duplicate_of IS NULL"
+        if wanted.types is not None or wanted.prefixes:
+            alternatives = []
+            if wanted.types:
+                alternatives.append(f"event_type IN ({', '.join([mark] * len(wanted.types))})")
+                params.extend(wanted.types)
+            for prefix in wanted.prefixes:
+                alternatives.append(f"substr(event_type, 1, {len(prefix)}) = {mark}")
+                params.append(prefix)
+            sql += f" AND ({' OR '.join(alternatives) or 'false'})"
+        cursor = conn.connection.cursor()
+        try:
+            cursor.execute(sql + f" ORDER BY position LIMIT {int(limit)}", params)
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
+
     # --- marks outside the chain ------------------------------------------------
 
     def first_ids_before(
@@ -435,6 +475,7 @@ VERBS = (
     "deliveries",
     "minute_counts",
     "fold_rows",
+    "handover_rows",
     "first_ids_before",
     "mark_rows",
     "erased_summary",
@@ -473,6 +514,17 @@ def _translating(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 _translate_verbs(Recorder)
+
+
+@dataclass(frozen=True)
+class Handover:
+    """Which events a destination wants: `types` exactly (None: any type) or any of
+    `prefixes`; duplicates only when `duplicates`."""
+
+    source: str | None = None
+    types: tuple[str, ...] | None = None
+    prefixes: tuple[str, ...] = ()
+    duplicates: bool = False
 
 
 @dataclass(frozen=True)

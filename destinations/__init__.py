@@ -1,0 +1,1 @@
+"""Destinations: consumers of the log with an effect outside it (HTTP endpoints, handlers)."""
