@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from api import audit, console, projection_routes
+from api import audit, console, destination_routes, projection_routes
 from api.access_log import AccessLines, AccessLog
 from api.deadlines import BodyDeadlines
 from api.errors import HANDLERS, NotReady, error_response
@@ -28,6 +28,8 @@ from api.ingest import Ingest, hooks_source
 from api.metrics import Metrics
 from api.openapi import openapi
 from api.services import Services, Signal, services_of
+from destinations.spec import load_destinations
+from destinations.worker import DeliveryThread, DeliveryWorker
 from ledger import migrate
 from ledger.appender import Appender
 from ledger.config import Config, load_config
@@ -91,6 +93,7 @@ ROUTES = [
     Route("/v1/projections/{name}/errors", projection_routes.list_errors, methods=["GET"]),
     Route("/v1/projections/{name}/rebuild", projection_routes.rebuild, methods=["POST"]),
     Route("/v1/projections/{name}/retry", projection_routes.retry, methods=["POST"]),
+    *destination_routes.ROUTES,
     Route("/healthz", healthz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
@@ -129,9 +132,11 @@ def create_app(
 ) -> Starlette:
     """The ASGI app for `config`; resources open in the lifespan and close after it.
 
-    With `run_projectors`, a projector thread works the configured projections
-    in this process, woken by every append (and by NOTIFY on PostgreSQL)."""
+    With `run_projectors`, a projector thread works the configured projections and a
+    delivery thread the destinations, in this process, woken by every append (and by
+    NOTIFY on PostgreSQL)."""
     projectors = load_adapters(config)
+    destinations = load_destinations(config)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -147,21 +152,31 @@ def create_app(
             if run_projectors and projectors
             else None
         )
+        deliveries = (
+            DeliveryWorker(engine, destinations) if run_projectors and destinations else None
+        )
         observed = Metrics()
-        observed.watch(engine, projectors)
+        observed.watch(engine, projectors, destinations)
+
+        def wake() -> None:
+            if worker is not None:
+                worker.wake()
+            if deliveries is not None:
+                deliveries.wake()
 
         def committed(head: int, size: int) -> None:
             observed.batch_size.observe(size)
             appended.notify_threadsafe()
-            if worker is not None:
-                worker.wake()
+            wake()
 
         appender = Appender(
             engine, on_commit=committed, rejections_max_bytes=config.server.rejections_max_bytes
         )
         appender.start()
         background: list[Listener] = [WorkerThread(worker)] if worker else []
-        listener = recorder_for(engine).listener(engine, worker.wake) if worker else None
+        if deliveries is not None:
+            background.append(DeliveryThread(deliveries))
+        listener = recorder_for(engine).listener(engine, wake) if background else None
         if listener is not None:
             background.append(listener)
         for task in background:
@@ -176,6 +191,7 @@ def create_app(
         )
         app.state.hl.deadlines = BodyDeadlines(config.server.body_timeout_seconds, applied.loop)
         app.state.hl.appended = appended
+        app.state.hl.destinations = destinations
         try:
             yield
         finally:

@@ -15,13 +15,20 @@ import sys
 from collections.abc import Sequence
 
 from api import serve_command
+from destinations import commands as destination_commands
 from ledger import audit_commands, log_commands
 from ledger.command_line import CommandFn, dispose_engines, print_error
 from ledger.config import load_config
 from ledger.errors import HookledgerError
 from projections import commands as projection_commands
 
-COMMAND_MODULES = (log_commands, audit_commands, projection_commands, serve_command)
+COMMAND_MODULES = (
+    log_commands,
+    audit_commands,
+    projection_commands,
+    destination_commands,
+    serve_command,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,6 +17,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 
+from destinations import store as destination_store
+from destinations.spec import Destination
 from ledger.errors import HookledgerError
 from ledger.recorder import read_head, rejections, translated
 from projections.adapters import Adapter
@@ -65,18 +67,26 @@ class Metrics:
                 timer = self._timers[source] = self.ingest_seconds.labels(source)
             timer.observe(seconds)
 
-    def watch(self, engine: Engine, projectors: dict[str, Adapter]) -> None:
-        """Add the scrape-time gauges for this database and these projections."""
-        self.registry.register(_StateCollector(engine, projectors))
+    def watch(
+        self,
+        engine: Engine,
+        projectors: dict[str, Adapter],
+        destinations: dict[str, Destination] | None = None,
+    ) -> None:
+        """Add the scrape-time gauges for this database, projections and destinations."""
+        self.registry.register(_StateCollector(engine, projectors, destinations or {}))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
 class _StateCollector(Collector):
-    def __init__(self, engine: Engine, projectors: dict[str, Adapter]) -> None:
+    def __init__(
+        self, engine: Engine, projectors: dict[str, Adapter], destinations: dict[str, Destination]
+    ) -> None:
         self.engine = engine
         self.projectors = projectors
+        self.destinations = destinations
 
     def describe(self) -> list:
         return []  # collected lazily: never query the database at registration
@@ -90,6 +100,8 @@ class _StateCollector(Collector):
                 refused = rejections.counts(conn)
                 kept = rejections.usage(conn)
             entries = status(self.engine, self.projectors)
+            with translated():
+                handed = destination_store.status(self.engine, self.destinations)
         except HookledgerError:
             up.add_metric([], 0)
             yield up
@@ -127,6 +139,44 @@ class _StateCollector(Collector):
             if e["rebuild"] is not None:
                 progress.add_metric(name, e["rebuild"]["percent"] / 100)
         yield from (pos, lag, rows, state, errors, progress)
+        yield from _destination_metrics(handed)
+
+
+DESTINATION_STATES = ("live", "paused", "failed")
+
+
+def _destination_metrics(entries: list[dict[str, Any]]) -> Iterator[Any]:
+    """Per destination: position, lag, attempts by outcome, dead letters, state (kept in
+    the destination's row as they happen: no count over the attempts)."""
+    labels = ["destination"]
+    pos = GaugeMetricFamily(
+        "hookledger_destination_position", "Every event up to it is handed over.", labels=labels
+    )
+    lag = GaugeMetricFamily(
+        "hookledger_destination_lag", "Events of the log not yet handed over.", labels=labels
+    )
+    attempts = CounterMetricFamily(
+        "hookledger_destination_attempts",
+        "Attempts by outcome (delivered, failed: any other answer, a timeout, an error).",
+        labels=[*labels, "outcome"],
+    )
+    dead = GaugeMetricFamily(
+        "hookledger_destination_dead_letters", "Events declared dead.", labels=labels
+    )
+    state = GaugeMetricFamily(
+        "hookledger_destination_state", "1 for the current state.", labels=[*labels, "state"]
+    )
+    for e in entries:
+        name = [e["name"]]
+        if e["position"] is not None:
+            pos.add_metric(name, e["position"])
+            lag.add_metric(name, e["lag"])
+        for outcome in ("delivered", "failed"):
+            attempts.add_metric([e["name"], outcome], e[outcome])
+        dead.add_metric(name, e["dead"])
+        for s in DESTINATION_STATES:
+            state.add_metric([e["name"], s], 1 if e["state"] == s else 0)
+    yield from (pos, lag, attempts, dead, state)
 
 
 def _rejection_metrics(counts: list, kept: rejections.Usage) -> Iterator[Any]:

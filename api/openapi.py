@@ -529,6 +529,148 @@ def _guarded(paths: dict[str, dict[str, Any]]) -> None:
                 responses["403"] = _error(CROSS_ORIGIN)
 
 
+ATTEMPT = {
+    "type": "object",
+    "required": ["position", "attempt", "started_at", "outcome", "status", "error", "duration_ms"],
+    "properties": {
+        "position": INT,
+        "attempt": INT,
+        "started_at": STR,
+        "outcome": {"type": "string", "enum": ["delivered", "failed", "gone", "dead"]},
+        "status": {**NULL_INT, "description": "the HTTP status, null when none came"},
+        "error": NULL_STR,
+        "duration_ms": {"type": "number"},
+        "response": {**NULL_STR, "description": "the first 4 KiB of the answer"},
+    },
+}
+SCHEMAS["Attempt"] = ATTEMPT
+SCHEMAS["Destination"] = {
+    "type": "object",
+    "required": ["name", "kind", "state", "position", "head", "lag", "in_flight", "dead"],
+    "properties": {
+        "name": STR,
+        "kind": {"type": "string", "enum": ["url", "handler"]},
+        "target": STR,
+        "order": {"type": "string", "enum": ["log", "key"]},
+        "state": {"type": "string", "enum": ["live", "paused", "failed", "starting"]},
+        "reason": NULL_STR,
+        "position": {**NULL_INT, "description": "every event up to it is handed over"},
+        "head": INT,
+        "lag": NULL_INT,
+        "in_flight": {**INT, "description": "events past the position being retried"},
+        "failed_position": NULL_INT,
+        "delivered": INT,
+        "failed": INT,
+        "dead": INT,
+        "last_attempt": {"anyOf": [_ref("Attempt"), {"type": "null"}]},
+    },
+}
+DESTINATION = _param("name", "path", STR, "destination name")
+ONE_DESTINATION = {
+    "200": _json(_ref("Destination"), "the destination"),
+    "404": _error("no destination of that name is configured"),
+    **AUTH,
+    **UNAVAILABLE,
+}
+ACTION = {**ONE_DESTINATION, **BAD, "409": _error("the destination's state refuses it")}
+DESTINATION_PATHS: dict[str, dict[str, Any]] = {
+    "/v1/destinations": {
+        "get": _op(
+            "Every configured destination: state, position, lag, attempts",
+            {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["destinations"],
+                        "properties": {
+                            "destinations": {"type": "array", "items": _ref("Destination")}
+                        },
+                    },
+                    "the destinations",
+                ),
+                **BAD,
+                **AUTH,
+                **UNAVAILABLE,
+            },
+        )
+    },
+    "/v1/destinations/{name}": {
+        "get": _op("One destination", {**ONE_DESTINATION, **BAD}, [DESTINATION])
+    },
+    "/v1/destinations/{name}/attempts": {
+        "get": _op(
+            "Attempts, newest first",
+            {
+                **ONE_DESTINATION,
+                **BAD,
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["attempts", "next"],
+                        "properties": {
+                            "attempts": {"type": "array", "items": _ref("Attempt")},
+                            "next": NULL_STR,
+                        },
+                    },
+                    "a page of attempts",
+                ),
+            },
+            [
+                DESTINATION,
+                _param(
+                    "position", "query", {**INT, "minimum": 1, "maximum": MAX_INT}, "one event's"
+                ),
+                _param("cursor", "query", {**INT, "minimum": 1, "maximum": MAX_INT}, "from `next`"),
+                LIMIT,
+            ],
+        )
+    },
+    "/v1/destinations/{name}/dead": {
+        "get": _op(
+            "Dead letters, each with its last attempt",
+            {**ONE_DESTINATION, **BAD, "200": _json({"type": "object"}, "the dead letters")},
+            [DESTINATION],
+        )
+    },
+    **{
+        f"/v1/destinations/{{name}}/{verb}": {"post": _op(summary, ACTION, [DESTINATION])}
+        for verb, summary in (
+            ("pause", "Pause: nothing is handed over until resumed (admin)"),
+            ("resume", "Resume a paused destination (admin)"),
+            ("retry", "Attempt a failed destination's dead event again (admin)"),
+            ("skip", "Record a failed destination's dead event as dead and go on (admin)"),
+        )
+    },
+    "/v1/destinations/{name}/replay": {
+        "post": _op(
+            "Hand over again every matching event from a position (admin)",
+            {**ACTION, "413": _error("a body over 4 KiB")},
+            [DESTINATION],
+            body={
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["from"],
+                            "properties": {"from": POSITION},
+                        }
+                    }
+                },
+            },
+        )
+    },
+    "/v1/destinations/{name}/redeliver/{position}": {
+        "post": _op(
+            "Hand one event over once more, outside the order (admin)",
+            ACTION,
+            [DESTINATION, _param("position", "path", POSITION, "the event")],
+        )
+    },
+}
+PATHS.update(DESTINATION_PATHS)
+
+
 _guarded(PATHS)
 
 DOCUMENT: dict[str, Any] = {

@@ -1,11 +1,15 @@
-"""`hookledger serve`: migrate, then run the HTTP API (and the projectors) under uvicorn."""
+"""The processes that run the engine: `hookledger serve` (migrate, then the HTTP API
+under uvicorn, with the projectors and destinations in-process) and `hookledger
+project` (projectors and destinations, without HTTP)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import secrets
+import signal
 import socket
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -31,7 +35,10 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
             f"refusing to serve {args.host} with no [[tokens]] configured: the API would be "
             "open to the network. Configure tokens, bind 127.0.0.1, or pass --insecure-no-auth"
         )
+    from destinations.spec import load_destinations
+
     projectors = load_adapters(config)  # a bad definition fails here, in one line
+    destinations = load_destinations(config)
     _check_can_listen(args.host, args.port)  # before migrating: a busy port changes nothing
     engine = make_engine(config.database_url)
     try:
@@ -49,7 +56,11 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
         head_timeout_s=config.server.body_timeout_seconds,
     ).export()
     raise_file_limit()
-    workers = "no projectors" if args.no_projector or not projectors else "projectors in-process"
+    working = [w for w, on in (("projectors", projectors), ("destinations", destinations)) if on]
+    if args.no_projector or not working:
+        workers = "no projectors"
+    else:
+        workers = f"{' and '.join(working)} in-process"
     err.print(f"hookledger serving on http://{args.host}:{args.port} (database {where}; {workers})")
     uvicorn.run(
         "api.app:app_from_handover",
@@ -108,14 +119,80 @@ def _migrate_when_reachable(engine: Engine, wait_s: float) -> None:
             time.sleep(1.0)
 
 
+def cmd_project(args: argparse.Namespace, config: Config) -> int:
+    """Projectors and deliveries in this process until SIGTERM or SIGINT."""
+    from destinations.spec import load_destinations
+    from destinations.worker import DeliveryWorker
+    from ledger.command_line import open_engine
+    from ledger.recorder import recorder_for
+    from projections.adapters import load_adapters
+    from projections.worker import Worker
+
+    projectors, destinations = load_adapters(config), load_destinations(config)
+    if args.only:
+        unknown = [n for n in args.only if n not in projectors and n not in destinations]
+        if unknown:
+            raise ConfigError(f"no projection or destination named {unknown[0]!r} is configured")
+        projectors = {n: p for n, p in projectors.items() if n in args.only}
+        destinations = {n: d for n, d in destinations.items() if n in args.only}
+    if not projectors and not destinations:
+        raise ConfigError(
+            f"{config.path or '<defaults>'}: no [projections.*] or [destinations.*] are configured"
+        )
+    engine = open_engine(config)
+    worker = Worker(engine, projectors, idle_poll=0.25) if projectors else None
+    deliveries = DeliveryWorker(engine, destinations) if destinations else None
+    threads = []
+    if deliveries is not None:
+        threads.append(threading.Thread(target=deliveries.run, name="hookledger-deliveries"))
+
+    def wake() -> None:
+        if worker is not None:
+            worker.wake()
+        if deliveries is not None:
+            deliveries.wake()
+
+    stopping = threading.Event()
+
+    def on_signal(signum, _frame) -> None:
+        stopping.set()
+        for w in (worker, deliveries):
+            if w is not None:
+                w.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    listener = recorder_for(engine).listener(engine, wake)
+    if listener is not None:
+        listener.start()
+    for thread in threads:
+        thread.start()
+    owner = worker.owner if worker is not None else deliveries.owner if deliveries else ""
+    err.print(f"worker {owner} working: {', '.join([*projectors, *destinations])}")
+    if worker is not None:
+        worker.run()
+    else:
+        stopping.wait()
+    for thread in threads:
+        thread.join(timeout=30)
+    if listener is not None:
+        listener.stop()
+    err.print("worker stopped")
+    return 0
+
+
 def add_commands(add: AddCommand, common: argparse.ArgumentParser) -> None:
-    """serve."""
-    p = add("serve", cmd_serve, "migrate, then serve the HTTP API (and run the projectors)")
+    """serve, project."""
+    p = add(
+        "serve", cmd_serve, "migrate, then serve the HTTP API (and run projectors, destinations)"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--workers", type=int, default=1, help="API processes (default 1)")
     p.add_argument(
-        "--no-projector", action="store_true", help="do not run projectors in this process"
+        "--no-projector",
+        action="store_true",
+        help="do not run projectors or destinations in this process",
     )
     p.add_argument(
         "--wait-for-db",
@@ -128,4 +205,12 @@ def add_commands(add: AddCommand, common: argparse.ArgumentParser) -> None:
         "--insecure-no-auth",
         action="store_true",
         help="allow a non-loopback address with no [[tokens]] configured",
+    )
+    p = add(
+        "project",
+        cmd_project,
+        "run projectors and destinations (no HTTP); any number of these may run",
+    )
+    p.add_argument(
+        "--only", nargs="+", metavar="NAME", help="work only these projections and destinations"
     )

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Engine
@@ -20,6 +20,7 @@ from starlette.requests import HTTPConnection
 from api.access_log import AccessLines
 from api.deadlines import BodyDeadlines
 from api.metrics import Metrics
+from destinations.spec import Destination
 from ledger.appender import Appender
 from ledger.config import Config
 from ledger.recorder import translated
@@ -45,6 +46,7 @@ class Services:
     access: AccessLines | None = None  # None: access_log = false
     deadlines: BodyDeadlines | None = None  # body reads, `[server] body_timeout_seconds`
     appended: Signal | None = None  # this process's appender committed a batch
+    destinations: dict[str, Destination] = field(default_factory=dict)
 
 
 class Signal:

@@ -9,6 +9,8 @@
 - scale: read requests at 100k, 1M and 3M events, built by import (`bench.scale`).
 - rebuild-ingest: ingest latency and errors while a big projection rebuilds
   (`bench.rebuild_ingest`).
+- deliver: destinations' events per second against a bare httpx client, and the
+  latency from ingest to the receiver (`bench.deliver`).
 
 Each command's own options: `python -m bench COMMAND --help`.
 """
@@ -30,6 +32,7 @@ DELEGATED = {
     "appender": "bench.appender",
     "scale": "bench.scale",
     "rebuild-ingest": "bench.rebuild_ingest",
+    "deliver": "bench.deliver",
 }
 
 

@@ -207,7 +207,16 @@ class Plan:
         out.append(item)
 
     def next_at(self) -> float | None:
-        """When the earliest waiting item may be tried (None: nothing waits)."""
+        """When the earliest waiting item may be tried; None when nothing can start before
+        an attempt ends or the state changes (both wake the worker)."""
+        if self.state != "live" or self.in_flight >= self.spec.in_flight_max:
+            return None
+        while self.heads:
+            _, position, _, key = self.heads[0]
+            queue = self.queues.get(key)
+            if queue and queue[0].position == position and not queue[0].in_flight:
+                break
+            heapq.heappop(self.heads)  # no longer a waiting head
         times = [i.next_at for i in self.extras.values() if not i.in_flight]
         if self.heads:
             times.append(self.heads[0][0])

@@ -35,12 +35,6 @@ class DestinationRefused(HookledgerError):
     status, code = 409, "destination_state"
 
 
-class UnknownDestination(HookledgerError):
-    """Raised when no destination of that name is configured."""
-
-    status, code = 404, "unknown_destination"
-
-
 # --- the holder's side ----------------------------------------------------------------
 
 

@@ -35,6 +35,7 @@ log = logging.getLogger("hookledger.destinations")
 
 IDLE_POLL_S = 1.0
 LEASE_MARGIN_S = 1.0  # no attempt starts when the lease has less left than this
+NOTICE_S = 0.25  # how soon an operator's action (pause, replay, ...) is taken in
 
 
 class DeliveryWorker:
@@ -67,6 +68,7 @@ class DeliveryWorker:
 
     def _poke_all(self) -> None:
         for d in self.dispatchers:
+            d.appended = True
             d.poke.set()
 
     def stop(self) -> None:
@@ -100,6 +102,10 @@ class Dispatcher:
         self.writing: asyncio.Task | None = None
         self.sends: set[asyncio.Task] = set()
         self.stale = False  # the plan's generation is not the destination's any more
+        self.appended = True  # the log may have grown since the last read
+        self.more = False  # the last read stopped short of the head
+        self.read_at = 0.0  # monotonic: read again by then even without a wake-up
+        self.notice_at = 0.0  # monotonic: compare the plan with the row again by then
         self.handler: Callable[..., Any] | None = None
         self.client: httpx.AsyncClient | None = None
 
@@ -166,19 +172,23 @@ class Dispatcher:
         elif self.stale and not self.sends and self.writing is None:
             await self._write()  # what the old plan still holds: its attempts are kept
             plan = await self._load(fresh=False)
-        else:
+        elif now >= self.notice_at:
             await self._take_notice(plan)
-        more = False
-        if not self.stale:
-            more = await self._read_ahead(plan)
-            if time.monotonic() < self.lease_until - LEASE_MARGIN_S:
-                for item in plan.ready(time.time()):
-                    task = asyncio.create_task(self._send(plan, item))
-                    self.sends.add(task)
-                    task.add_done_callback(self.sends.discard)
+            self.notice_at = now + NOTICE_S
+        if self.stale:
+            pass  # nothing new starts until the plan is read again
+        elif (self.appended or self.more or now >= self.read_at) and plan.room() > 0:
+            self.appended = False
+            self.read_at = now + self.worker.idle_poll
+            self.more = await self._read_ahead(plan)
+        if not self.stale and time.monotonic() < self.lease_until - LEASE_MARGIN_S:
+            for item in plan.ready(time.time()):
+                task = asyncio.create_task(self._send(plan, item))
+                self.sends.add(task)
+                task.add_done_callback(self.sends.discard)
         if self.writing is None and (plan.journal or plan.target() != self.expected):
             self.writing = asyncio.create_task(self._write_then_poke())
-        if more:
+        if self.more and plan.room() > 0 and not self.stale:
             return 0.0
         wait = min(self.worker.idle_poll, max(self.renew_at - time.monotonic(), 0.01))
         at = plan.next_at()
@@ -262,8 +272,6 @@ class Dispatcher:
     async def _read_ahead(self, plan: Plan) -> bool:
         """Read the next wanted events into the plan; True when there is more to read."""
         room = min(plan.room(), store.READ_BATCH)
-        if room <= 0:
-            return False
 
         def read() -> tuple[list[Item], int, int]:
             with self.engine.connect() as conn:
@@ -276,7 +284,7 @@ class Dispatcher:
 
         items, read_to, head = await asyncio.to_thread(read)
         plan.add(items, read_to)
-        return read_to < head and plan.room() > 0
+        return read_to < head
 
     async def _send(self, plan: Plan, item: Item) -> None:
         try:

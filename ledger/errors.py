@@ -22,6 +22,8 @@ API, the ingest path, the console and the CLI read them here (`api.errors.answer
     │   │                                                    also a LookupError)
     │   └── reads.BuildFailed        503 projection_failed   none: its first build halted
     ├── versions.RebuildRefused      409 rebuild_refused  a rebuild cannot be faithful (erased bodies)
+    │   destinations/
+    ├── store.DestinationRefused     409 destination_state  an action the destination's state refuses
     │   api/
     ├── errors.ApiError              status and code given per instance (with headers)
     ├── errors.NotReady              503 not_ready       /readyz: the database is away (Retry-After)

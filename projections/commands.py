@@ -1,10 +1,8 @@
-"""Projection commands of the `hookledger` CLI: project, status, rebuild, projections retry."""
+"""Projection commands of the `hookledger` CLI: status, rebuild, projections retry."""
 
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -20,7 +18,7 @@ if TYPE_CHECKING:
 # `hookledger --help` loads this module to list the commands.
 
 
-def _projectors(config: Config, only: list[str] | None = None) -> dict[str, Adapter]:
+def projectors_of(config: Config, only: list[str] | None = None) -> dict[str, Adapter]:
     from projections.adapters import load_adapters
 
     projectors = load_adapters(config)
@@ -32,40 +30,12 @@ def _projectors(config: Config, only: list[str] | None = None) -> dict[str, Adap
     return projectors
 
 
-def cmd_project(args: argparse.Namespace, config: Config) -> int:
-    from ledger.recorder import recorder_for
-    from projections.worker import Worker
-
-    projectors = _projectors(config, args.only)
-    if not projectors:
-        raise ConfigError(f"{config.path or '<defaults>'}: no [projections.*] are configured")
-    engine = open_engine(config)
-    worker = Worker(engine, projectors, idle_poll=0.25)
-    listener = recorder_for(engine).listener(engine, worker.wake)
-    stopping = threading.Event()
-
-    def on_signal(signum, _frame) -> None:
-        stopping.set()
-        worker.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    if listener is not None:
-        listener.start()
-    err.print(f"projector {worker.owner} working: {', '.join(projectors)}")
-    worker.run()
-    if listener is not None:
-        listener.stop()
-    err.print("projector stopped")
-    return 0
-
-
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
     from rich.table import Table
 
     from projections.status import status
 
-    projectors = _projectors(config)
+    projectors = projectors_of(config)
     engine = open_engine(config)
     entries = status(engine, projectors)
     table = Table()
@@ -121,7 +91,7 @@ def cmd_rebuild(args: argparse.Namespace, config: Config) -> int:
     from ledger.recorder import translated
     from projections import versions
 
-    projector = _projectors(config, [args.name])[args.name]
+    projector = projectors_of(config, [args.name])[args.name]
     engine = open_engine(config)
     with translated():
         row, started = versions.request_rebuild(engine, projector)
@@ -196,7 +166,7 @@ def cmd_retry(args: argparse.Namespace, config: Config) -> int:
     from ledger.recorder import translated
     from projections import failures
 
-    projector = _projectors(config, [args.name])[args.name]
+    projector = projectors_of(config, [args.name])[args.name]
     engine = open_engine(config)
     with translated():
         resumed = failures.retry(engine, projector.name)
@@ -208,9 +178,7 @@ def cmd_retry(args: argparse.Namespace, config: Config) -> int:
 
 
 def add_commands(add: AddCommand, common: argparse.ArgumentParser) -> None:
-    """project, status, rebuild, projections retry."""
-    p = add("project", cmd_project, "run a projector worker (no HTTP); any number may run")
-    p.add_argument("--only", nargs="+", metavar="NAME", help="work only these projections")
+    """status, rebuild, projections retry."""
     add("status", cmd_status, "one row per projection: version, state, position, lag, rows")
     p = add("rebuild", cmd_rebuild, "rebuild a projection beside the live one, then swap")
     p.add_argument("name", metavar="NAME")
