@@ -90,6 +90,7 @@ ROUTES = [
     Route("/v1/projections/{name}", projection_routes.get_projection, methods=["GET"]),
     Route("/v1/projections/{name}/rows", projection_routes.list_rows, methods=["GET"]),
     Route("/v1/projections/{name}/rows/{key:path}", projection_routes.get_row, methods=["GET"]),
+    Route("/v1/projections/{name}/changes", projection_routes.list_changes, methods=["GET"]),
     Route("/v1/projections/{name}/errors", projection_routes.list_errors, methods=["GET"]),
     Route("/v1/projections/{name}/rebuild", projection_routes.rebuild, methods=["POST"]),
     Route("/v1/projections/{name}/retry", projection_routes.retry, methods=["POST"]),

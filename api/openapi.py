@@ -224,6 +224,17 @@ SCHEMAS: dict[str, Any] = {
             "position": INT,
         },
     },
+    "Changes": {
+        "type": "object",
+        "required": ["rows", "next"],
+        "properties": {
+            "rows": {"type": "array", "items": {"type": "object"}},
+            "next": {
+                **INT,
+                "description": "the last row's position (or `after`): the next `after`",
+            },
+        },
+    },
 }
 
 
@@ -442,6 +453,38 @@ PATHS: dict[str, dict[str, Any]] = {
                 _param("key", "path", STR, "the key"),
                 _param("include_deleted", "query", {"type": "boolean"}, "show a tombstone"),
                 *WAIT,
+            ],
+        )
+    },
+    "/v1/projections/{name}/changes": {
+        "get": _op(
+            "Rows of the live version changed after a position, tombstones included, oldest "
+            "change first",
+            {
+                "200": _json(_ref("Changes"), "the changed rows"),
+                "400": _error(
+                    "a parameter is malformed or unknown; or `changes_not_supported`: the "
+                    "projection's table has no integer `position` column"
+                ),
+                **NOT_FOUND,
+                **AUTH,
+                **UNAVAILABLE,
+            },
+            [
+                NAME,
+                _param(
+                    "after",
+                    "query",
+                    {"type": "integer", "minimum": 0, "maximum": MAX_INT},
+                    "rows whose position is above this (the `next` of the previous answer)",
+                ),
+                LIMIT,
+                _param(
+                    "wait",
+                    "query",
+                    {"type": "number", "minimum": 0, "maximum": 30},
+                    "when no row changed yet, seconds to wait for a change",
+                ),
             ],
         )
     },

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api import params
-from api.audit import OrjsonResponse
+from api.audit import WAIT_POLL_S, OrjsonResponse
 from api.auth import require
 from api.errors import ApiError
 from api.services import projector_of, read_until, services_of, with_connection
@@ -112,6 +112,35 @@ async def list_rows(request: Request) -> Response:
     view, rows, nxt = await with_connection(request, run)
     return OrjsonResponse(
         {"rows": [_row_doc(r) for r in rows], "next": nxt, "position": view.position},
+        headers={"Ledger-Position": str(view.position)},
+    )
+
+
+async def list_changes(request: Request) -> Response:
+    """The rows changed after position `after`, tombstones included, in position order;
+    a mirror follows `next`. With `wait=S` and no change yet, held until the projector
+    applies one (or S seconds pass)."""
+    require(request, "read")
+    params.check_known(request, {"after", "limit", "wait"})
+    projector = projector_of(request, _unknown)
+    after = params.integer(request, "after", 0, 0, params.MAX_INT)
+    limit = params.limit(request)
+
+    def run(conn):
+        view = reads.live_view(conn, projector.name)  # NotBuilt: answered as /rows does
+        return view, reads.select_changes(conn, view, after, limit)
+
+    # Batches of this process's projector wake the wait at once; one running in another
+    # process is seen on the next read, at most WAIT_POLL_S later.
+    view, rows = await read_until(
+        lambda: with_connection(request, run),
+        lambda answer: bool(answer[1]),
+        params.seconds(request, "wait", 0.0),
+        services_of(request).applied,
+        WAIT_POLL_S,
+    )
+    return OrjsonResponse(
+        {"rows": [_row_doc(r) for r in rows], "next": rows[-1]["position"] if rows else after},
         headers={"Ledger-Position": str(view.position)},
     )
 

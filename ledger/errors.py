@@ -18,6 +18,7 @@ API, the ingest path, the console and the CLI read them here (`api.errors.answer
     ├── model.HandlerError           500 internal_error  an event a projection cannot apply (recorded)
     ├── ordering.VersionError        500 internal_error  versions of different kinds (also a ValueError)
     ├── reads.QueryError             400 bad_request     a rows query to refuse (also a ValueError)
+    │   └── reads.ChangesNotSupported 400 changes_not_supported  /changes of a table with no position
     ├── reads.NotBuilt               503 projection_building  no live version yet (Retry-After;
     │   │                                                    also a LookupError)
     │   └── reads.BuildFailed        503 projection_failed   none: its first build halted

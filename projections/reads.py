@@ -43,6 +43,13 @@ class QueryError(HookledgerError, ValueError):
     status, code = 400, "bad_request"
 
 
+class ChangesNotSupported(QueryError):
+    """The changes feed needs an integer `position` column, which a Python projection's
+    own table may not have."""
+
+    code = "changes_not_supported"
+
+
 class NotBuilt(HookledgerError, LookupError):
     """The projection has no live version yet: its first build is running."""
 
@@ -273,3 +280,34 @@ def get_row(conn: Connection, view: LiveView, key: str) -> dict[str, Any] | None
         )
     ).first()
     return None if row is None else dict(row._mapping)
+
+
+def select_changes(
+    conn: Connection, view: LiveView, after: int, limit: int
+) -> list[dict[str, Any]]:
+    """The rows whose `position` is above `after`, tombstones included, in position order
+    (then the key): the changes feed, whose next `after` is the last row's position.
+
+    A declarative projection's rows never share a position (each event writes one row).
+    A Python projection's may: a page then never ends inside a position, so that the
+    next `after` skips none of them. It ends before it, or, when one position fills the
+    page, holds every row of that position (more than `limit`)."""
+    t = view.table
+    if "position" not in t.c or not isinstance(t.c.position.type, Integer):
+        raise ChangesNotSupported(
+            f"{view.name} has no integer `position` column, so it has no changes feed "
+            "(a Python projection's table gets one by adding it, set to the position of "
+            "the event that last changed the row)"
+        )
+    position = t.c.position
+    # The order of the index on (position, key...) of a declarative projection.
+    keys = [t.c[k].asc() for k in view.key_columns if k != "position"]
+    query = select(t).where(position > after).order_by(position.asc().nulls_first(), *keys)
+    rows = [dict(r._mapping) for r in conn.execute(query.limit(limit + 1))]
+    if len(rows) <= limit or rows[limit]["position"] != rows[limit - 1]["position"]:
+        return rows[:limit]
+    shared = rows[limit]["position"]
+    before = [r for r in rows[:limit] if r["position"] != shared]
+    if before:
+        return before
+    return [dict(r._mapping) for r in conn.execute(query.where(position == shared))]

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import threading
+import time
+from collections.abc import Callable
 
+import httpx
 from sqlalchemy import Engine
 
 from ledger.recorder import Appended, NewEvent, append_batch, writer
@@ -72,3 +76,19 @@ def assert_error(response, status: int | None = None, code: str | None = None) -
     if code is not None:
         assert doc["error"] == code, doc
     return doc
+
+
+class Poll(threading.Thread):
+    """One long poll in the background: its answer and how long it was held.
+
+    `get` sends the request: to a real server, or through an in-process TestClient."""
+
+    def __init__(self, get: Callable[[], httpx.Response]) -> None:
+        super().__init__(daemon=True)
+        self.get, self.held = get, 0.0
+        self.answer: httpx.Response | None = None
+
+    def run(self) -> None:
+        started = time.monotonic()
+        self.answer = self.get()
+        self.held = time.monotonic() - started

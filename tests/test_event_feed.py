@@ -3,13 +3,13 @@ matching event is appended, and answers empty after S seconds, on both backends.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import httpx
 import pytest
 
 from tests.conftest import ServerProcess, write_config
+from tests.helpers import Poll
 
 CONFIG = """
 database_url = "{url}"
@@ -46,18 +46,8 @@ def _post(server: ServerProcess, source: str, kind: str, event_id: str | None = 
     return r.json()["position"]
 
 
-class Poll(threading.Thread):
-    """One long poll in the background: its answer and how long it was held."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(daemon=True)
-        self.url, self.held = url, 0.0
-        self.answer: httpx.Response | None = None
-
-    def run(self) -> None:
-        started = time.monotonic()
-        self.answer = httpx.get(self.url, timeout=60)
-        self.held = time.monotonic() - started
+def _poll(url: str) -> Poll:
+    return Poll(lambda: httpx.get(url, timeout=60))
 
 
 def _positions(response: httpx.Response | None) -> list[int]:
@@ -68,7 +58,7 @@ def _positions(response: httpx.Response | None) -> list[int]:
 def test_a_long_poll_answers_when_a_matching_event_arrives(serve):
     server = serve()
     first = _post(server, "a", "x.created")
-    poll = Poll(f"{server.url}/v1/events?after={first}&source=b&wait=20")
+    poll = _poll(f"{server.url}/v1/events?after={first}&source=b&wait=20")
     poll.start()
     time.sleep(0.5)  # the poll is held; an event of another source does not end it
     _post(server, "a", "x.updated")
@@ -112,7 +102,7 @@ def test_a_long_poll_sees_an_append_made_by_another_process(serve):
     """Two API processes: whichever holds the poll, the other may take the append."""
     server = serve(workers=2)
     head = _post(server, "a", "x.created")
-    polls = [Poll(f"{server.url}/v1/events?after={head}&wait=20") for _ in range(4)]
+    polls = [_poll(f"{server.url}/v1/events?after={head}&wait=20") for _ in range(4)]
     for poll in polls:
         poll.start()
     time.sleep(0.5)
