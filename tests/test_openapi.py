@@ -11,8 +11,11 @@ from api.openapi import DOCUMENT
 from tests.conftest import ServerProcess, write_config
 from tests.projection_support import entities_toml
 
-CONFIG = 'database_url = "sqlite:///DIR/ledger.db"\n' + entities_toml(
-    '{ name = "/data/name", age = { path = "/data/age", type = "integer" } }'
+CONFIG = (
+    'database_url = "sqlite:///DIR/ledger.db"\n'
+    + entities_toml('{ name = "/data/name", age = { path = "/data/age", type = "integer" } }')
+    # a destination nothing answers for: its routes are exercised with a real one
+    + '\n[destinations.hook]\nurl = "http://127.0.0.1:9/hooks"\nstart = "beginning"\n'
 )
 
 
