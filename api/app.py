@@ -53,6 +53,12 @@ def startup_warnings(config: Config) -> list[str]:
         for t in config.tokens
         if t.value is None
     ]
+    out += [
+        f"destination {d.name!r} is not configured: {d.secret_env} is unset, "
+        "so nothing is sent to it"
+        for d in load_destinations(config).values()
+        if not d.configured
+    ]
     return out
 
 

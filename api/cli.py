@@ -65,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # Alembic announces each of its plugins at INFO on import, and its migration context
     # ("Context impl SQLiteImpl.") on every upgrade: noise beside our own one line.
-    for name in ("alembic.runtime.plugins", "alembic.runtime.migration"):
+    # httpx logs a line per request at INFO: a destination's every POST.
+    for name in ("alembic.runtime.plugins", "alembic.runtime.migration", "httpx"):
         logging.getLogger(name).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     try:

@@ -597,6 +597,7 @@ SCHEMAS["Destination"] = {
         "order": {"type": "string", "enum": ["log", "key"]},
         "state": {"type": "string", "enum": ["live", "paused", "failed", "starting"]},
         "reason": NULL_STR,
+        "configured": {"type": "boolean", "description": "false: its secret_env is unset"},
         "position": {**NULL_INT, "description": "every event up to it is handed over"},
         "head": INT,
         "lag": NULL_INT,

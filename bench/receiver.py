@@ -14,14 +14,18 @@ from typing import Any
 
 ARRIVALS: dict[str, float] = {}
 COUNT = [0]
+PEERS: set[tuple[str, int]] = set()  # connections seen: keep-alive keeps this small
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """POST: read the body, note the arrival, 204. GET /stats: the arrivals as JSON."""
     if scope["type"] != "http":
         return
-    if scope["method"] == "GET":
-        body = json.dumps({"count": COUNT[0], "arrivals": ARRIVALS}).encode()
+    if scope["method"] == "GET":  # the arrivals only when asked: the count is polled
+        doc: dict[str, Any] = {"count": COUNT[0], "connections": len(PEERS)}
+        if scope["query_string"] == b"arrivals=1":
+            doc["arrivals"] = ARRIVALS
+        body = json.dumps(doc).encode()
         await send(
             {
                 "type": "http.response.start",
@@ -36,6 +40,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         message = await receive()
         more = message.get("more_body", False)
     COUNT[0] += 1
+    PEERS.add(tuple(scope["client"] or ("", 0)))
     for name, value in scope["headers"]:
         if name == b"ledger-position":
             ARRIVALS.setdefault(value.decode(), time.time())

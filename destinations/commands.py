@@ -84,8 +84,9 @@ def _show(config: Config, name: str | None) -> int:
 
 
 def _attempt_line(a: dict[str, Any]) -> str:
-    answer = a["status"] if a["error"] is None else a["error"]
-    return f"#{a['position']} {a['outcome']} ({answer}) {a['started_at']}"
+    answer = a["error"] or a["status"]
+    said = f" ({answer})" if answer is not None else ""
+    return f"#{a['position']} {a['outcome']}{said} {a['started_at']}"
 
 
 def _act(args: argparse.Namespace, config: Config, action: str, name: str) -> int:

@@ -94,6 +94,7 @@ class Journal:
     dropped: set[int] = field(default_factory=set)  # redeliveries done or given up
     dead: list[int] = field(default_factory=list)
     state: tuple[str, str | None, int | None] | None = None  # state, reason, failed_position
+    clear_below: bool = False  # window rows at or below the new checkpoint are to be deleted
     counts: dict[str, int] = field(default_factory=lambda: {"delivered": 0, "failed": 0, "dead": 0})
 
     def __bool__(self) -> bool:
@@ -110,6 +111,7 @@ class Saved:
     notices: int = 0
     failed_position: int | None = None
     done: frozenset[int] = frozenset()  # handed over (or skipped) ahead of the checkpoint
+    windowed: frozenset[int] = frozenset()  # positions with a window row above the checkpoint
     retrying: dict[int, tuple[int, int | None]] = field(default_factory=dict)  # attempts, next
     redeliver: frozenset[int] = frozenset()
 
@@ -126,6 +128,7 @@ class Plan:
         self.checkpoint = saved.position  # as written
         self.read_to = saved.position  # every wanted event up to it is queued or done
         self.done_ahead = set(saved.done)
+        self.windowed = set(saved.windowed)  # window rows written above the checkpoint
         self.retrying = dict(saved.retrying)
         self.redeliver = set(saved.redeliver)
         self.queues: dict[str | None, deque[Item]] = {}
@@ -264,6 +267,7 @@ class Plan:
                 self.journal.dead.append(item.position)
                 self.journal.counts["dead"] += 1
                 self._done(item)
+                self._window(item.position, ("done", attempt, None))
             else:
                 self.state = "failed"
                 self.failed_position = item.position
@@ -273,16 +277,12 @@ class Plan:
                     f"{result.error or result.status}",
                     item.position,
                 )
-                self.journal.window[item.position] = ("retrying", attempt, None)
+                self._window(item.position, ("retrying", attempt, None))
                 self._head(item)
         else:
             item.attempts = attempt
             item.next_at = result.started_us / 1e6 + backoff(self.spec, attempt)
-            self.journal.window[item.position] = (
-                "retrying",
-                attempt,
-                int(item.next_at * 1e6),
-            )
+            self._window(item.position, ("retrying", attempt, int(item.next_at * 1e6)))
             self._head(item)
 
     def _finish_extra(self, item: Item, outcome: str, attempt: int, result: Result) -> None:
@@ -305,7 +305,12 @@ class Plan:
         self.done.add(item.position)
         self.owed_count -= 1
         self.owed_bytes -= item.size
-        self.journal.window[item.position] = ("done", item.attempts, None)
+        # No window row for a delivery ahead of the checkpoint: its attempt, written in
+        # the same transaction, is the record (`destinations.store.saved` reads it back).
+
+    def _window(self, position: int, row: tuple[str, int, int | None]) -> None:
+        self.journal.window[position] = row
+        self.windowed.add(position)
 
     # --- the checkpoint -------------------------------------------------------------
 
@@ -323,9 +328,11 @@ class Plan:
         journal, self.journal = self.journal, Journal()
         target = self.target()
         journal.window = {p: w for p, w in journal.window.items() if p > target}
+        journal.clear_below = any(p <= target for p in self.windowed)
         return journal, target
 
     def written(self, checkpoint: int) -> None:
         """The journal taken with `checkpoint` is durable."""
         self.checkpoint = checkpoint
         self.done_ahead = {p for p in self.done_ahead if p > checkpoint}
+        self.windowed = {p for p in self.windowed if p > checkpoint}

@@ -66,6 +66,11 @@ class Destination:
     retry_seconds: tuple[float, ...] = RETRY_SECONDS
 
     @property
+    def configured(self) -> bool:
+        """False when `secret_env` names an unset variable: never sent unsigned."""
+        return self.secret_env is None or self.secret is not None
+
+    @property
     def kind(self) -> str:
         return "url" if self.url is not None else "handler"
 
@@ -113,6 +118,8 @@ def parse(
     types = None
     if "types" in raw:
         types = tuple(r.strings("types"))
+        if not types:
+            r.fail("types", "an empty list matches nothing: leave it out to take every type")
         for t in types:
             if not t or "*" in t[:-1]:
                 r.fail("types", f"a type is a name, or a prefix ending in one *; got {t!r}")
@@ -121,10 +128,8 @@ def parse(
     if secret_env is not None:
         if url is None:
             r.fail("secret_env", "signs HTTP deliveries: a handler destination has none")
-        secret = env.get(secret_env)
-        if not secret:
-            r.fail("secret_env", f"the variable {secret_env} is unset or empty")
-        if standard_webhooks_key(secret) is None:
+        secret = env.get(secret_env) or None  # unset: nothing is sent (`configured`)
+        if secret is not None and standard_webhooks_key(secret) is None:
             r.fail("secret_env", f"{secret_env} is not a Standard Webhooks secret (whsec_<base64>)")
     order = r.get("order", str, "log")
     if order not in ORDERS:
@@ -140,7 +145,7 @@ def parse(
     if not 1 <= concurrency <= 256:
         r.fail("concurrency", f"must be from 1 to 256, got {concurrency}")
     timeout = r.get("timeout_seconds", (int, float), 10.0)
-    if not 0 < timeout <= 300:
+    if isinstance(timeout, bool) or not 0 < timeout <= 300:
         r.fail("timeout_seconds", f"must be in (0, 300], got {timeout!r}")
     max_attempts = r.get("max_attempts", int, 10)
     if max_attempts < 1:
@@ -149,6 +154,8 @@ def parse(
     if on_dead not in ON_DEAD:
         r.fail("on_dead", f"expected 'halt' or 'skip', got {on_dead!r}")
     start = r.get("start", (str, int), "head")
+    if isinstance(start, bool):
+        r.fail("start", "expected 'head', 'beginning' or a position, got a boolean")
     if isinstance(start, str) and start not in ("head", "beginning"):
         r.fail("start", f"expected 'head', 'beginning' or a position, got {start!r}")
     if isinstance(start, int) and start < 1:

@@ -78,7 +78,7 @@ def take_over(engine: Engine, name: str) -> Saved:
 
 def saved(conn: Connection, name: str) -> Saved:
     row = conn.execute(select(D).where(D.c.name == name)).one()
-    done, redeliver = set(), set()
+    done, redeliver, windowed = set(), set(), set()
     retrying: dict[int, tuple[int, int | None]] = {}
     for w in conn.execute(select(W).where(W.c.name == name)):
         if w.state == "redeliver":
@@ -87,8 +87,24 @@ def saved(conn: Connection, name: str) -> Saved:
             continue
         elif w.state == "done":
             done.add(w.position)
+            windowed.add(w.position)
         else:
             retrying[w.position] = (w.attempts, w.next_at_us)
+            windowed.add(w.position)
+    # Handed over ahead of the checkpoint, in this round (since the last replay): the
+    # attempts say so, written in the same transaction as the checkpoint each time.
+    done.update(
+        conn.execute(
+            select(A.c.position)
+            .where(
+                A.c.destination == name,
+                A.c.position > row.position,
+                A.c.id > row.round_from,
+                A.c.outcome == "delivered",
+            )
+            .distinct()
+        ).scalars()
+    )
     return Saved(
         position=row.position,
         state=row.state,
@@ -96,6 +112,7 @@ def saved(conn: Connection, name: str) -> Saved:
         notices=row.notices,
         failed_position=row.failed_position,
         done=frozenset(done),
+        windowed=frozenset(windowed),
         retrying=retrying,
         redeliver=frozenset(redeliver),
     )
@@ -161,19 +178,15 @@ def flush(
     transaction; False when the generation or the checkpoint moved (another holder, an
     operator): then only the attempts and their counts are written."""
     counts = journal.counts
+    counted = {
+        "delivered": D.c.delivered + counts["delivered"],
+        "failed": D.c.failed + counts["failed"],
+        "dead": D.c.dead + counts["dead"],
+    }
     with writer(engine.connect()) as conn, conn.begin():
         if journal.attempts:
             conn.execute(A.insert(), journal.attempts)
-        conn.execute(
-            update(D)
-            .where(D.c.name == name)
-            .values(
-                delivered=D.c.delivered + counts["delivered"],
-                failed=D.c.failed + counts["failed"],
-                dead=D.c.dead + counts["dead"],
-            )
-        )
-        values: dict[str, Any] = {"position": target}
+        values: dict[str, Any] = {"position": target, **counted}
         if journal.state is not None:
             values["state"], values["reason"], values["failed_position"] = journal.state
         moved = conn.execute(
@@ -182,8 +195,9 @@ def flush(
             .values(**values)
         )
         if moved.rowcount != 1:
+            conn.execute(update(D).where(D.c.name == name).values(**counted))
             return False
-        if target != expected:
+        if journal.clear_below:
             conn.execute(
                 delete(W).where(W.c.name == name, W.c.position <= target, W.c.state != "redeliver")
             )
@@ -311,7 +325,9 @@ def replay(engine: Engine, name: str, start: int) -> None:
         if start > head + 1:
             raise DestinationRefused(f"position {start} is past the head of the log ({head})")
         conn.execute(delete(W).where(W.c.name == name, W.c.state != "redeliver"))
-        values: dict[str, Any] = {"position": start - 1}
+        # attempts before this one belong to the last round: none counts as handed over
+        last = conn.execute(select(func.max(A.c.id)).where(A.c.destination == name)).scalar()
+        values: dict[str, Any] = {"position": start - 1, "round_from": last or 0}
         if row.state == "failed":
             values.update(state="live", reason=None, failed_position=None)
         return values
@@ -373,7 +389,8 @@ def describe(conn: Connection, spec: Destination, head: int) -> dict[str, Any]:
         "target": spec.url if spec.url is not None else spec.handler,
         "order": spec.order,
         "state": row.state if row is not None else "starting",
-        "reason": row.reason if row is not None else "no worker has started it yet",
+        "reason": _reason(spec, row),
+        "configured": spec.configured,
         "position": position,
         "head": head,
         "lag": None if position is None else max(head - position, 0),
@@ -384,6 +401,14 @@ def describe(conn: Connection, spec: Destination, head: int) -> dict[str, Any]:
         "dead": row.dead if row is not None else 0,
         "last_attempt": None if last is None else attempt_doc(last),
     }
+
+
+def _reason(spec: Destination, row: Row | None) -> str | None:
+    if not spec.configured:
+        return f"{spec.secret_env} is unset: nothing is sent until it is (and the workers restart)"
+    if row is None:
+        return "no worker has started it yet"
+    return row.reason
 
 
 def status(engine: Engine, specs: dict[str, Destination]) -> list[dict[str, Any]]:

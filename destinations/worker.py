@@ -5,8 +5,8 @@ A `Dispatcher` per destination holds its lease, reads the wanted events past its
 checkpoint into a `Plan`, starts what the plan says is ready, and writes what came
 of it (attempts, window, checkpoint) in one transaction per batch of outcomes: while
 one write runs, the next outcomes gather. A receiver's answer lets the next event of
-its key go at once; a crash before the write loses only the record of a delivery
-that had succeeded, so that one event is handed over again.
+its key go at once; a crash before the write loses the records of the deliveries
+since the last write (at most a write's worth), and those events are handed over again.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ log = logging.getLogger("hookledger.destinations")
 IDLE_POLL_S = 1.0
 LEASE_MARGIN_S = 1.0  # no attempt starts when the lease has less left than this
 NOTICE_S = 0.25  # how soon an operator's action (pause, replay, ...) is taken in
+WRITE_EVERY_S = 0.05  # outcomes gather this long between writes (one commit for many)
 
 
 class DeliveryWorker:
@@ -50,7 +51,14 @@ class DeliveryWorker:
         idle_poll: float = IDLE_POLL_S,
     ) -> None:
         self.engine = engine
-        self.specs = specs
+        for spec in specs.values():
+            if not spec.configured:
+                log.warning(
+                    "destination %s is not configured: %s is unset, so nothing is sent",
+                    spec.name,
+                    spec.secret_env,
+                )
+        self.specs = {n: s for n, s in specs.items() if s.configured}
         self.owner = owner or worker_id()
         self.lease_ttl = lease_ttl
         self.idle_poll = idle_poll
@@ -100,7 +108,10 @@ class Dispatcher:
         self.lease_until = 0.0  # monotonic
         self.renew_at = 0.0
         self.writing: asyncio.Task | None = None
-        self.sends: set[asyncio.Task] = set()
+        # Attempts go to `in_flight_max` long-lived senders through `queue`: a task per
+        # attempt cost httpx half as much again per request as a sender that stays.
+        self.queue: asyncio.Queue[tuple[Plan, Item]] = asyncio.Queue()
+        self.sends = 0  # attempts queued or in flight
         self.stale = False  # the plan's generation is not the destination's any more
         self.appended = True  # the log may have grown since the last read
         self.more = False  # the last read stopped short of the head
@@ -118,6 +129,7 @@ class Dispatcher:
             self.handler = load_handler(self.spec.handler, f"destinations.{self.spec.name}")
         else:
             self.client = senders.client_for(self.spec)
+        lanes = [asyncio.create_task(self._sender()) for _ in range(self.spec.in_flight_max)]
         try:
             while not self.stopping:
                 try:
@@ -137,13 +149,18 @@ class Dispatcher:
                 self.poke.clear()
             await self._drain()
         finally:
+            for lane in lanes:
+                lane.cancel()
             if self.client is not None:
                 await self.client.aclose()
 
     async def _drain(self) -> None:
         """At stop: let what is in flight finish, write it, give the lease back."""
-        if self.sends:
-            await asyncio.wait(self.sends, timeout=self.spec.timeout_seconds + 1)
+        deadline = time.monotonic() + self.spec.timeout_seconds + 1
+        while self.sends and time.monotonic() < deadline:
+            self.poke.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.poke.wait(), 0.1)
         if self.writing is not None:
             await self.writing
         with contextlib.suppress(Exception):
@@ -181,11 +198,7 @@ class Dispatcher:
             self.appended = False
             self.read_at = now + self.worker.idle_poll
             self.more = await self._read_ahead(plan)
-        if not self.stale and time.monotonic() < self.lease_until - LEASE_MARGIN_S:
-            for item in plan.ready(time.time()):
-                task = asyncio.create_task(self._send(plan, item))
-                self.sends.add(task)
-                task.add_done_callback(self.sends.discard)
+        self._start(plan)
         if self.writing is None and (plan.journal or plan.target() != self.expected):
             self.writing = asyncio.create_task(self._write_then_poke())
         if self.more and plan.room() > 0 and not self.stale:
@@ -195,6 +208,16 @@ class Dispatcher:
         if at is not None:
             wait = min(wait, max(at - time.time(), 0.0))
         return wait
+
+    def _start(self, plan: Plan) -> None:
+        """Start what the plan says is ready, while the lease has time left."""
+        if self.stale or plan is not self.plan:
+            return
+        if time.monotonic() >= self.lease_until - LEASE_MARGIN_S:
+            return
+        for item in plan.ready(time.time()):
+            self.sends += 1
+            self.queue.put_nowait((plan, item))
 
     async def _hold(self, now: float) -> bool:
         held = await asyncio.to_thread(
@@ -286,6 +309,17 @@ class Dispatcher:
         plan.add(items, read_to)
         return read_to < head
 
+    async def _sender(self) -> None:
+        """One of the destination's senders: attempts, one after the other, until stopped."""
+        while True:
+            plan, item = await self.queue.get()
+            try:
+                if plan is self.plan and not self.stale:
+                    await self._send(plan, item)
+                # else: the plan was given up (lease lost, a replay): its holder sends it
+            finally:
+                self.sends -= 1
+
     async def _send(self, plan: Plan, item: Item) -> None:
         try:
             if self.client is not None:
@@ -298,6 +332,7 @@ class Dispatcher:
             now = time.time_ns() // 1000
             result = Result("failed", now, 0, None, f"{type(e).__name__}: {e}")
         plan.finished(item, result)
+        self._start(plan)  # the next of its key (or another) goes now, not after the pass
         if result.outcome != "delivered":
             log.warning(
                 "%s: position %d attempt %d failed: %s",
@@ -310,6 +345,8 @@ class Dispatcher:
 
     async def _write_then_poke(self) -> None:
         try:
+            if self.sends:  # more outcomes are coming: let them join this write
+                await asyncio.sleep(WRITE_EVERY_S)
             await self._write()
         except HookledgerError as e:
             log.warning("%s: could not record deliveries, retrying: %s", self.spec.name, e)

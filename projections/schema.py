@@ -70,6 +70,8 @@ projection_errors = Table(
 #     the checkpoint or the window (replay, retry, skip), so the holder's compare-and-set
 #     refuses what an older holder or an older plan writes
 #   notices: moved by pause, resume and redeliver, which the holder takes in as it goes
+#   round_from: attempts with a greater id belong to this round (since the last replay);
+#     a delivered one above the checkpoint is handed over (no window row needed)
 #   failed_position: the dead event a halted (`failed`) destination stopped at
 #   delivered, failed, dead: attempts by outcome and dead letters, kept as they happen
 destinations = Table(
@@ -82,6 +84,7 @@ destinations = Table(
     Column("reason", Text),
     Column("generation", BigInteger, nullable=False, server_default=text("0")),
     Column("notices", BigInteger, nullable=False, server_default=text("0")),
+    Column("round_from", BigInteger, nullable=False, server_default=text("0")),
     Column("failed_position", BigInteger),
     Column("created_at_us", BigInteger, nullable=False),
     Column("delivered", BigInteger, nullable=False, server_default=text("0")),
@@ -98,7 +101,7 @@ destination_leases = Table(
 )
 
 # Events above a destination's checkpoint that are not simply waiting:
-#   state done: handed over (or skipped) ahead of an earlier event of another key
+#   state done: skipped as dead ahead of an earlier event of another key
 #   state retrying: failed `attempts` times this round, next tried at `next_at_us`
 #   state redeliver: asked again by an operator (at or below the checkpoint too)
 destination_window = Table(

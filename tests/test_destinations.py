@@ -318,7 +318,9 @@ def test_a_second_worker_takes_over_a_stopped_ones_destination(engine, deliver):
         ({}, "exactly one of url"),
         ({"url": "ftp://x/"}, "http:// or https://"),
         ({"url": "http://x/", "order": "key"}, "required by order"),
-        ({"url": "http://x/", "secret_env": "UNSET"}, "UNSET is unset"),
+        ({"url": "http://x/", "secret_env": "BAD"}, "not a Standard Webhooks secret"),
+        ({"url": "http://x/", "types": []}, "matches nothing"),
+        ({"url": "http://x/", "start": True}, "got a boolean"),
         ({"url": "http://x/", "types": ["a*b"]}, "prefix ending in one *"),
         ({"url": "http://x/", "on_dead": "drop"}, "'halt' or 'skip'"),
         ({"url": "http://x/", "start": "now"}, "'head', 'beginning' or a position"),
@@ -328,6 +330,20 @@ def test_a_second_worker_takes_over_a_stopped_ones_destination(engine, deliver):
 )
 def test_a_bad_destination_is_a_one_line_config_error(raw, problem):
     with pytest.raises(ConfigError) as e:
-        parse("out", raw, "test.toml", {}, None)
+        parse("out", raw, "test.toml", {"BAD": "not base64!"}, None)
     assert problem in str(e.value)
     assert str(e.value).startswith("test.toml: destinations.out")
+
+
+def test_an_unset_signing_secret_sends_nothing_and_says_so(engine, deliver):
+    with Receiver(SECRET) as r:
+        spec = parse(
+            "out", {"url": r.url, "secret_env": "UNSET", "start": "beginning"}, "t", {}, None
+        )
+        assert not spec.configured
+        events(engine, [("a", 1)])
+        deliver(spec)
+        time.sleep(0.5)
+        assert r.deliveries == []  # never unsigned
+        got = entry(engine, spec)
+        assert got["configured"] is False and "UNSET is unset" in got["reason"]

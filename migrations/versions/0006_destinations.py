@@ -26,6 +26,7 @@ def upgrade() -> None:
         sa.Column("reason", sa.Text),
         sa.Column("generation", sa.BigInteger, nullable=False, server_default=sa.text("0")),
         sa.Column("notices", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+        sa.Column("round_from", sa.BigInteger, nullable=False, server_default=sa.text("0")),
         sa.Column("failed_position", sa.BigInteger),
         sa.Column("created_at_us", sa.BigInteger, nullable=False),
         sa.Column("delivered", sa.BigInteger, nullable=False, server_default=sa.text("0")),
