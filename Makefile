@@ -51,7 +51,8 @@ format: $(VENV)/.installed
 # the doc and its chart), then rebuild against a hand loop and a set-based SQL ceiling on SQLite
 # and on a throwaway PostgreSQL, then the catch-up and point-read latencies (their tables print
 # to the terminal), then ingest latency during a rebuild of a 1M-event projection, then the read
-# requests at 100k, 1M and 3M imported events (about 20 more minutes).
+# requests at 100k, 1M and 3M imported events (about 20 more minutes), then the destinations:
+# events handed over against a bare httpx client, and ingest-to-receiver latency.
 bench: $(VENV)/.installed
 	@command -v wrk >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; }
 	$(VENV)/bin/pip install --quiet -e '.[test,bench]'
@@ -61,6 +62,8 @@ bench: $(VENV)/.installed
 	$(PY) -m bench latency --count 2000
 	$(PY) -m bench rebuild-ingest --events 1000000
 	$(PY) -m bench scale --sizes 100k,1M,3M
+	$(PY) -m bench deliver --events 20000
+	$(PY) -m bench deliver --events 20000 --postgres
 
 clean:
 	rm -rf $(VENV) data build *.egg-info

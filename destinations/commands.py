@@ -4,6 +4,7 @@ operator's actions) and `listen --forward-to URL`, the developer's forwarder."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -138,18 +139,48 @@ def cmd_listen(args: argparse.Namespace, config: Config) -> int:
             query["source"] = args.source
         if len(types) == 1:
             query["type"] = next(iter(types))
+        interrupt = _Interrupt()
         with httpx.Client(timeout=30, trust_env=False, follow_redirects=False) as target:
             try:
-                while True:
+                while not interrupt.asked:
                     events = _get(api, f"{server}/v1/events", {**query, "after": after})["events"]
                     for meta in events:
-                        if not types or meta["event_type"] in types:
-                            _forward(api, target, server, args.forward_to, meta)
-                        after = meta["position"]
-                        state.write_bytes(orjson.dumps({"server": server, "position": after}))
+                        with interrupt.deferred():  # an event is forwarded and kept whole
+                            if not types or meta["event_type"] in types:
+                                _forward(api, target, server, args.forward_to, meta)
+                            after = meta["position"]
+                            state.write_bytes(orjson.dumps({"server": server, "position": after}))
+                        if interrupt.asked:
+                            break
             except KeyboardInterrupt:
-                err.print(f"stopped after position {after}; `listen` resumes there")
-                return 0
+                pass
+            err.print(f"stopped after position {after}; `listen` resumes there")
+            return 0
+
+
+class _Interrupt:
+    """Ctrl-C: at once while waiting for events, after the event being forwarded else
+    (so its line is printed and its position kept, and a restart does not send it again)."""
+
+    def __init__(self) -> None:
+        import signal
+
+        self.asked = False
+        self._deferring = False
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.asked = True
+        if not self._deferring:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def deferred(self):
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
 
 
 def _listen_start(api, server: str, state: Path, start: int | None) -> int:
@@ -169,6 +200,13 @@ def _listen_start(api, server: str, state: Path, start: int | None) -> int:
 
 
 def _get(api, url: str, query: dict[str, Any]) -> Any:
+    """The JSON of a GET that answers 200."""
+    return _fetch(api, url, query).json()
+
+
+def _fetch(api, url: str, query: dict[str, Any] | None = None, also: tuple[int, ...] = ()):
+    """A GET answering 200 (or a status in `also`); the server being away or busy
+    (a refused connection, 502-504) is waited out, anything else is a one-line error."""
     import httpx
 
     while True:
@@ -178,8 +216,8 @@ def _get(api, url: str, query: dict[str, Any]) -> Any:
             err.print(f"cannot reach {url}: {e or type(e).__name__}; retrying", markup=False)
             time.sleep(2)
             continue
-        if response.status_code == 200:
-            return response.json()
+        if response.status_code == 200 or response.status_code in also:
+            return response
         if response.status_code in (502, 503, 504):
             time.sleep(2)
             continue
@@ -197,10 +235,10 @@ def _forward(api, target, server: str, url: str, meta: dict[str, Any]) -> None:
     from destinations.senders import header_text
 
     position = meta["position"]
-    raw = api.get(f"{server}/v1/events/{position}/raw")
+    raw = _fetch(api, f"{server}/v1/events/{position}/raw", also=(410,))  # 410: erased
     body = raw.content if raw.status_code == 200 else b""
     headers = {
-        "content-type": raw.headers.get("content-type", "application/octet-stream"),
+        "content-type": meta.get("content_type") or "application/octet-stream",
         "webhook-id": f"hl-{position}",
         "ledger-position": str(position),
         "ledger-source": header_text(meta["source"]),

@@ -185,3 +185,16 @@ def test_rebuild_ingest_summary_counts_every_answer_but_202_and_the_tail():
     s = summary(samples)
     assert (s["deliveries"], s["non_202"], s["max_ms"]) == (100, 2, 5000.0)
     assert s["p50_ms"] == 51.5 and s["p99_ms"] == 5000.0  # 1..100 with 11, 12 replaced
+
+
+def test_the_deliver_benchmark_hands_every_event_over_and_counts_them(tmp_path):
+    # the benchmark's receiver counts what arrives; a destination run must reach exactly
+    # the events it was given, and the bare client's ceiling as many requests
+    from bench import deliver
+
+    with deliver.receiver(tmp_path) as url:
+        assert deliver.ceiling(url, [deliver.body(i) for i in range(50)], 4) > 0
+        assert deliver.stats(url)["count"] == 50
+        assert deliver.throughput(f"sqlite:///{tmp_path / 'd.db'}", url, 120, 4) > 0
+        assert deliver.stats(url)["count"] == 170
+        assert deliver.stats(url)["connections"] <= 8  # kept alive: 4 each
