@@ -238,6 +238,7 @@ class Plan:
                 "destination": self.spec.name,
                 "position": item.position,
                 "attempt": max(attempt, 1),
+                "generation": self.generation,
                 "started_at_us": result.started_us,
                 "outcome": outcome,
                 "status": result.status,

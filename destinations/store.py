@@ -99,7 +99,7 @@ def saved(conn: Connection, name: str) -> Saved:
             .where(
                 A.c.destination == name,
                 A.c.position > row.position,
-                A.c.id > row.round_from,
+                A.c.generation >= row.round_generation,
                 A.c.outcome == "delivered",
             )
             .distinct()
@@ -325,9 +325,8 @@ def replay(engine: Engine, name: str, start: int) -> None:
         if start > head + 1:
             raise DestinationRefused(f"position {start} is past the head of the log ({head})")
         conn.execute(delete(W).where(W.c.name == name, W.c.state != "redeliver"))
-        # attempts before this one belong to the last round: none counts as handed over
-        last = conn.execute(select(func.max(A.c.id)).where(A.c.destination == name)).scalar()
-        values: dict[str, Any] = {"position": start - 1, "round_from": last or 0}
+        # a new round: attempts of older plans (some may still finish) count for nothing
+        values: dict[str, Any] = {"position": start - 1, "round_generation": row.generation + 1}
         if row.state == "failed":
             values.update(state="live", reason=None, failed_position=None)
         return values

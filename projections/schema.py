@@ -70,8 +70,10 @@ projection_errors = Table(
 #     the checkpoint or the window (replay, retry, skip), so the holder's compare-and-set
 #     refuses what an older holder or an older plan writes
 #   notices: moved by pause, resume and redeliver, which the holder takes in as it goes
-#   round_from: attempts with a greater id belong to this round (since the last replay);
-#     a delivered one above the checkpoint is handed over (no window row needed)
+#   round_generation: the generation the last replay started; attempts made by a plan
+#     of this generation or a later one belong to this round, and a delivered one above
+#     the checkpoint is handed over (no window row needed). A plan older than the replay
+#     that still finishes an attempt writes it with its own, older generation.
 #   failed_position: the dead event a halted (`failed`) destination stopped at
 #   delivered, failed, dead: attempts by outcome and dead letters, kept as they happen
 destinations = Table(
@@ -84,7 +86,7 @@ destinations = Table(
     Column("reason", Text),
     Column("generation", BigInteger, nullable=False, server_default=text("0")),
     Column("notices", BigInteger, nullable=False, server_default=text("0")),
-    Column("round_from", BigInteger, nullable=False, server_default=text("0")),
+    Column("round_generation", BigInteger, nullable=False, server_default=text("0")),
     Column("failed_position", BigInteger),
     Column("created_at_us", BigInteger, nullable=False),
     Column("delivered", BigInteger, nullable=False, server_default=text("0")),
@@ -121,6 +123,7 @@ delivery_attempts = Table(
     Column("destination", Text, nullable=False),
     Column("position", BigInteger, nullable=False),
     Column("attempt", Integer, nullable=False),
+    Column("generation", BigInteger, nullable=False),  # of the plan that made it
     Column("started_at_us", BigInteger, nullable=False),
     Column("outcome", Text, nullable=False),  # delivered | failed | gone | dead
     Column("status", Integer),

@@ -347,3 +347,43 @@ def test_an_unset_signing_secret_sends_nothing_and_says_so(engine, deliver):
         assert r.deliveries == []  # never unsigned
         got = entry(engine, spec)
         assert got["configured"] is False and "UNSET is unset" in got["reason"]
+
+
+def test_an_attempt_an_older_plan_finishes_after_a_replay_does_not_count_in_the_new_round(
+    engine, deliver
+):
+    from destinations.plan import Journal
+
+    with Receiver(None) as r:
+        spec = spec_of(url=r.url, start="beginning")
+        events(engine, [("a", 1), ("a", 2), ("a", 3)])
+        worker = deliver(spec)
+        assert r.wait_for(3)
+        assert wait_until(lambda: entry(engine, spec)["position"] == 3)
+        worker.stop()
+        with engine.connect() as conn:
+            old = store.saved(conn, spec.name)
+        store.replay(engine, spec.name, 1)
+        # the old plan's late outcome for position 3: written, but refused as a plan
+        late = Journal()
+        late.attempts.append(
+            {
+                "destination": spec.name,
+                "position": 3,
+                "attempt": 1,
+                "generation": old.generation,
+                "started_at_us": 0,
+                "outcome": "delivered",
+                "status": 204,
+                "error": None,
+                "duration_us": 1,
+                "response": None,
+            }
+        )
+        assert not store.flush(engine, spec.name, old.generation, old.position, late, 3)
+        with engine.connect() as conn:
+            fresh = store.saved(conn, spec.name)
+        assert fresh.position == 0 and 3 not in fresh.done  # the replay hands 3 over again
+        deliver(spec)
+        assert r.wait_for(6)
+        assert r.positions() == [1, 2, 3, 1, 2, 3]
