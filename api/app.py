@@ -29,7 +29,7 @@ from api.metrics import Metrics
 from api.openapi import openapi
 from api.services import Services, Signal, services_of
 from destinations.spec import load_destinations
-from destinations.worker import DeliveryThread, DeliveryWorker
+from destinations.worker import DeliveryWorker, delivery_thread
 from ledger import migrate
 from ledger.appender import Appender
 from ledger.config import Config, load_config
@@ -182,7 +182,7 @@ def create_app(
         appender.start()
         background: list[Listener] = [WorkerThread(worker)] if worker else []
         if deliveries is not None:
-            background.append(DeliveryThread(deliveries))
+            background.append(delivery_thread(deliveries))
         listener = recorder_for(engine).listener(engine, wake) if background else None
         if listener is not None:
             background.append(listener)

@@ -122,7 +122,7 @@ def _migrate_when_reachable(engine: Engine, wait_s: float) -> None:
 def cmd_project(args: argparse.Namespace, config: Config) -> int:
     """Projectors and deliveries in this process until SIGTERM or SIGINT."""
     from destinations.spec import load_destinations
-    from destinations.worker import DeliveryWorker
+    from destinations.worker import DeliveryWorker, delivery_thread
     from ledger.command_line import open_engine
     from ledger.recorder import recorder_for
     from projections.adapters import load_adapters
@@ -142,9 +142,7 @@ def cmd_project(args: argparse.Namespace, config: Config) -> int:
     engine = open_engine(config)
     worker = Worker(engine, projectors, idle_poll=0.25) if projectors else None
     deliveries = DeliveryWorker(engine, destinations) if destinations else None
-    threads = []
-    if deliveries is not None:
-        threads.append(threading.Thread(target=deliveries.run, name="hookledger-deliveries"))
+    background = delivery_thread(deliveries) if deliveries is not None else None
 
     def wake() -> None:
         if worker is not None:
@@ -165,16 +163,16 @@ def cmd_project(args: argparse.Namespace, config: Config) -> int:
     listener = recorder_for(engine).listener(engine, wake)
     if listener is not None:
         listener.start()
-    for thread in threads:
-        thread.start()
+    if background is not None:
+        background.start()
     owner = worker.owner if worker is not None else deliveries.owner if deliveries else ""
     err.print(f"worker {owner} working: {', '.join([*projectors, *destinations])}")
     if worker is not None:
         worker.run()
     else:
         stopping.wait()
-    for thread in threads:
-        thread.join(timeout=30)
+    if background is not None:
+        background.stop()  # lets what is in flight finish and be recorded
     if listener is not None:
         listener.stop()
     err.print("worker stopped")

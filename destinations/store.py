@@ -26,7 +26,6 @@ from projections.versions import now_us
 
 D, W, A, DL = destinations, destination_window, delivery_attempts, dead_letters
 READ_BATCH = 500
-RESPONSE_BYTES = 4096
 
 
 class DestinationRefused(HookledgerError):

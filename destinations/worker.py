@@ -29,7 +29,7 @@ from ledger.errors import HookledgerError, StatementFailed
 from ledger.recorder import read_head
 from projections import leases
 from projections.schema import destination_leases
-from projections.worker import LEASE_TTL_S, worker_id
+from projections.worker import LEASE_TTL_S, WorkerThread, worker_id
 
 log = logging.getLogger("hookledger.destinations")
 
@@ -65,7 +65,6 @@ class DeliveryWorker:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.dispatchers: list[Dispatcher] = []
         self._stopping = threading.Event()
-        self._ready = threading.Event()
 
     def wake(self, *_: object) -> None:
         """New events are in the log (any thread)."""
@@ -91,7 +90,6 @@ class DeliveryWorker:
         self.loop = asyncio.get_running_loop()
         self.dispatchers = [Dispatcher(self, spec) for spec in self.specs.values()]
         log.info("deliveries %s: %s", self.owner, ", ".join(self.specs) or "nothing")
-        self._ready.set()
         await asyncio.gather(*(d.run() for d in self.dispatchers))
 
 
@@ -395,16 +393,6 @@ def _merge(old, new):
     return old
 
 
-class DeliveryThread:
-    """A delivery worker in a background thread (used by `serve`), woken by the appender."""
-
-    def __init__(self, worker: DeliveryWorker) -> None:
-        self.worker = worker
-        self.thread = threading.Thread(target=worker.run, name="hookledger-deliveries", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.worker.stop()
-        self.thread.join(timeout=20)
+def delivery_thread(worker: DeliveryWorker) -> WorkerThread:
+    """The delivery worker in a background thread (`serve`, `project`)."""
+    return WorkerThread(worker, name="hookledger-deliveries", join_s=20)

@@ -19,6 +19,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy import Connection, Engine, Row
 
@@ -381,19 +382,29 @@ class Worker:
             self.on_applied()
 
 
+class Runnable(Protocol):
+    """What runs in a `WorkerThread`: a projector's `Worker`, a `DeliveryWorker`."""
+
+    def run(self) -> None: ...
+    def stop(self) -> None: ...
+
+
 class WorkerThread:
     """A worker in a background thread (used by `serve`), woken by the appender."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(
+        self, worker: Runnable, name: str = "hookledger-projector", join_s: float = 15
+    ) -> None:
         self.worker = worker
-        self.thread = threading.Thread(target=worker.run, name="hookledger-projector", daemon=True)
+        self.join_s = join_s
+        self.thread = threading.Thread(target=worker.run, name=name, daemon=True)
 
     def start(self) -> None:
         self.thread.start()
 
     def stop(self) -> None:
         self.worker.stop()
-        self.thread.join(timeout=15)
+        self.thread.join(timeout=self.join_s)
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:

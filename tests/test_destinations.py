@@ -18,6 +18,7 @@ from destinations.spec import Destination, parse
 from destinations.worker import DeliveryWorker
 from ledger.errors import ConfigError
 from projections.schema import delivery_attempts
+from projections.worker import wait_until as projector_wait_until
 from tests.helpers import append, new_event
 from tests.receiver import Receiver
 
@@ -59,12 +60,7 @@ def deliver(engine) -> Iterator[Callable[..., DeliveryWorker]]:
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
+    return projector_wait_until(predicate, timeout, interval=0.02)
 
 
 def entry(engine: Engine, spec: Destination) -> dict:
