@@ -170,3 +170,24 @@ def test_raw_driver_errors_are_translated_like_wrapped_ones(error, expected):
     # The hot paths (append, projector reads and writes) use raw driver cursors.
     with pytest.raises(expected), translated():
         raise error
+
+
+def test_the_pools_failed_reset_after_an_outage_is_one_line_not_a_traceback(caplog):
+    # SQLAlchemy logs a connection it cannot roll back (the database dropped it) at
+    # ERROR with the chained tracebacks; after an outage that was every pooled one
+    import logging
+
+    import ledger.recorder.engine  # noqa: F401  (installs the filter)
+
+    pool_log = logging.getLogger("sqlalchemy.pool.impl.QueuePool")
+    with caplog.at_level(logging.WARNING, logger="sqlalchemy.pool.impl.QueuePool"):
+        try:
+            raise OSError("the connection is lost\nmore detail")
+        except OSError:
+            pool_log.error("Exception during reset or similar", exc_info=True)
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    assert record.getMessage() == (
+        "Exception during reset or similar: OSError: the connection is lost"
+    )
+    assert "Traceback" not in caplog.text

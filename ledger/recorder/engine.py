@@ -7,6 +7,7 @@ front instead of failing half-way. PostgreSQL URLs use psycopg 3.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from typing import Any
 
@@ -23,6 +24,27 @@ def normalize_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+class _OneLine(logging.Filter):
+    """SQLAlchemy's pool logs a failed reset of a connection the database dropped (a
+    restart, an outage) at ERROR with three chained tracebacks; the outage itself is
+    already reported where it happened. Keep it as one warning line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            text = str(error).strip().splitlines()
+            record.msg = f"{record.getMessage()}: {type(error).__name__}: {text[0] if text else ''}"
+            record.args = ()
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+# The pool's loggers are named per pool class (no handler of ours sees them otherwise).
+for _pool in ("QueuePool", "NullPool", "SingletonThreadPool", "StaticPool"):
+    logging.getLogger(f"sqlalchemy.pool.impl.{_pool}").addFilter(_OneLine())
 
 
 def make_engine(url: str, pool_size: int = 5) -> Engine:
