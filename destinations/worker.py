@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 from sqlalchemy import Engine
 
 from destinations import senders, store
@@ -106,8 +105,8 @@ class Dispatcher:
         self.lease_until = 0.0  # monotonic
         self.renew_at = 0.0
         self.writing: asyncio.Task | None = None
-        # Attempts go to `in_flight_max` long-lived senders through `queue`: a task per
-        # attempt cost httpx half as much again per request as a sender that stays.
+        # Attempts go to `in_flight_max` long-lived senders through `queue`, each with
+        # its own connection: a task per attempt cost half as much again per request.
         self.queue: asyncio.Queue[tuple[Plan, Item]] = asyncio.Queue()
         self.sends = 0  # attempts queued or in flight
         self.stale = False  # the plan's generation is not the destination's any more
@@ -116,18 +115,18 @@ class Dispatcher:
         self.read_at = 0.0  # monotonic: read again by then even without a wake-up
         self.notice_at = 0.0  # monotonic: compare the plan with the row again by then
         self.handler: Callable[..., Any] | None = None
-        self.client: httpx.AsyncClient | None = None
 
     @property
     def stopping(self) -> bool:
         return self.worker._stopping.is_set()
 
     async def run(self) -> None:
+        connections: list[senders.Connection | None] = [None] * self.spec.in_flight_max
         if self.spec.handler is not None:
             self.handler = load_handler(self.spec.handler, f"destinations.{self.spec.name}")
         else:
-            self.client = senders.client_for(self.spec)
-        lanes = [asyncio.create_task(self._sender()) for _ in range(self.spec.in_flight_max)]
+            connections = [senders.Connection(self.spec) for _ in connections]
+        lanes = [asyncio.create_task(self._sender(c)) for c in connections]
         try:
             while not self.stopping:
                 try:
@@ -149,8 +148,9 @@ class Dispatcher:
         finally:
             for lane in lanes:
                 lane.cancel()
-            if self.client is not None:
-                await self.client.aclose()
+            for connection in connections:
+                if connection is not None:
+                    await connection.aclose()
 
     async def _drain(self) -> None:
         """At stop: let what is in flight finish, write it, give the lease back."""
@@ -307,21 +307,21 @@ class Dispatcher:
         plan.add(items, read_to)
         return read_to < head
 
-    async def _sender(self) -> None:
+    async def _sender(self, connection: senders.Connection | None) -> None:
         """One of the destination's senders: attempts, one after the other, until stopped."""
         while True:
             plan, item = await self.queue.get()
             try:
                 if plan is self.plan and not self.stale:
-                    await self._send(plan, item)
+                    await self._send(connection, plan, item)
                 # else: the plan was given up (lease lost, a replay): its holder sends it
             finally:
                 self.sends -= 1
 
-    async def _send(self, plan: Plan, item: Item) -> None:
+    async def _send(self, connection: senders.Connection | None, plan: Plan, item: Item) -> None:
         try:
-            if self.client is not None:
-                result = await senders.post(self.client, self.spec, item)
+            if connection is not None:
+                result = await connection.post(item)
             else:
                 assert self.handler is not None
                 result = await senders.call(self.handler, item)
